@@ -1,0 +1,173 @@
+"""The quart-trio app: create, delete, next, DELETE of a seq, health; the segment layer
+(``streams.SegmentStreams``) is installed in front of it.
+
+``create_app(settings, registry)`` serves a registry owned by the caller (``run_server``,
+tests). Without a registry, the app makes its own at ASGI lifespan start-up, in
+quart-trio's lifespan nursery, and drains it at shutdown: that is the plain
+``hypercorn trickle_trio.asgi:app`` deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ..channels import ChannelRegistry
+from ..config import Settings
+from ..core import wire
+from ..core.errors import ChannelNotFoundError
+from .hooks import HookFailed, HookRequest, run_hook
+from .state import ServerState
+from .streams import SegmentStreams
+
+logger = logging.getLogger(__name__)
+
+
+def _plain(status: int, body: str = "", headers: dict[str, str] | None = None) -> Response:
+    """A response shaped like Go's: an empty body has no Content-Type."""
+    response = Response(body, status=status, headers=headers or {})
+    if body:
+        response.headers["Content-Type"] = wire.TEXT_PLAIN
+    else:
+        del response.headers["Content-Type"]
+    return response
+
+
+def _error(status: int, message: str) -> Response:
+    """What Go's ``http.Error`` sends."""
+    response = _plain(status, message + "\n")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _hook_request() -> HookRequest:
+    client: Any = request.scope.get("client")
+    return HookRequest(
+        method=request.method,
+        path=request.path,
+        headers={key.lower(): value for key, value in request.headers.items()},
+        client=tuple(client) if client else None,
+    )
+
+
+def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> QuartTrio:
+    """Build the ASGI app for ``settings`` serving ``registry`` (or its own, see above)."""
+    app = QuartTrio("trickle_trio")
+    # Streams must never be cut by Quart: see ../shared/notes/ECOSYSTEM.md rows 1-3.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
+    state = ServerState(settings, registry)
+    app.extensions["trickle"] = state
+    base = state.base_path
+
+    def channels() -> ChannelRegistry:
+        if state.registry is None:  # pragma: no cover - only before lifespan start-up
+            raise RuntimeError("trickle registry not started")
+        return state.registry
+
+    def checked_name(name: str) -> str | None:
+        try:
+            return wire.check_channel_name(name)
+        except wire.InvalidChannelName:
+            return None
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _plain(200, "ok\n")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if state.draining or state.registry is None:
+            return _plain(503, "draining\n")
+        return _plain(200, "ready\n")
+
+    @app.post(f"{base}<name>")
+    async def create(name: str) -> Response:
+        if checked_name(name) is None:
+            return _error(400, "Invalid channel name")
+        try:
+            await run_hook(settings.before_create, _hook_request(), name)
+        except HookFailed as exc:
+            return _error(exc.status, exc.message)
+        registry = channels()
+        channel = registry.get(name)
+        if channel is None or channel.closed:
+            if not settings.autocreate:
+                return _error(404, wire.STREAM_NOT_FOUND)
+            registry.create(name, request.headers.get(wire.EXPECT_CONTENT_HEADER, ""))
+        return _plain(200)
+
+    @app.delete(f"{base}<name>")
+    async def delete(name: str) -> Response:
+        if checked_name(name) is None:
+            return _error(400, "Invalid channel name")
+        try:
+            await run_hook(settings.before_delete, _hook_request(), name)
+        except HookFailed as exc:
+            return _error(exc.status, exc.message)
+        try:
+            await channels().delete(name)
+        except ChannelNotFoundError:
+            return _error(400, wire.INVALID_STREAM)
+        return _plain(200)
+
+    @app.delete(f"{base}<name>/<seq>")
+    async def close_seq(name: str, seq: str) -> Response:
+        try:
+            number = wire.parse_seq(seq)
+        except wire.InvalidSeq:
+            return _error(400, wire.INVALID_IDX)
+        channel = channels().get(name) if checked_name(name) else None
+        if channel is None:
+            return _error(404, wire.STREAM_NOT_FOUND)
+        segment = channel.segment_in_window(number)
+        if segment is None:
+            return _error(400, wire.NONEXISTENT_SEGMENT)
+        logger.info("segment closed by DELETE channel=%s seq=%d", name, segment.seq)
+        segment.close()
+        return _plain(200)
+
+    @app.get(f"{base}<name>/next")
+    async def next_seq(name: str) -> Response:
+        channel = channels().get(name) if checked_name(name) else None
+        if channel is None:
+            return _error(404, wire.STREAM_NOT_FOUND)
+        headers = {wire.LATEST_HEADER: str(channel.next_write)}
+        if channel.closed:
+            headers[wire.CLOSED_HEADER] = wire.CLOSED_VALUE
+        return _plain(200, str(channel.next_write), headers)
+
+    if registry is None:
+
+        @app.before_serving
+        async def start_registry() -> None:
+            state.registry = ChannelRegistry(
+                app.nursery,
+                teardown_grace=settings.teardown_grace,
+                changefeed=settings.changefeed,
+            )
+            app.nursery.start_soon(
+                lambda: state.registry.run_sweeper(  # type: ignore[union-attr]
+                    idle_timeout=settings.idle_timeout, sweep_interval=settings.sweep_interval
+                )
+            )
+
+        @app.after_serving
+        async def drain_registry() -> None:
+            state.draining = True
+            if state.registry is not None:
+                await state.registry.close_all()
+
+    app.asgi_app = SegmentStreams(app.asgi_app, state)  # type: ignore[method-assign]
+    return app
+
+
+def app_state(app: QuartTrio) -> ServerState:
+    """The trickle state of an app made by :func:`create_app`."""
+    state: ServerState = app.extensions["trickle"]
+    return state

@@ -1,0 +1,58 @@
+"""Building ASGI responses exactly as the reference Go server writes them.
+
+Go's ``http.Error(w, msg, code)`` sends ``Content-Type: text/plain; charset=utf-8``,
+``X-Content-Type-Options: nosniff`` and ``msg + "\\n"``; a handler that writes nothing
+sends ``Content-Length: 0`` and no Content-Type. Both are reproduced here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from hypercorn.typing import ASGISendCallable
+
+from ..core import wire
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def header(name: str, value: str | int) -> tuple[bytes, bytes]:
+    return name.lower().encode("latin-1"), str(value).encode("latin-1")
+
+
+CONNECTION_CLOSE = (b"connection", b"close")
+CLOSED = header(wire.CLOSED_HEADER, wire.CLOSED_VALUE)
+
+
+async def send_response(
+    send: ASGISendCallable,
+    status: int,
+    body: bytes = b"",
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a whole response with ``Content-Length``."""
+    all_headers: Headers = [*headers, (b"content-length", str(len(body)).encode())]
+    start: Any = {"type": "http.response.start", "status": status, "headers": all_headers}
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
+
+
+async def send_error(
+    send: ASGISendCallable,
+    status: int,
+    message: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send what Go's ``http.Error`` sends."""
+    await send_response(
+        send,
+        status,
+        message.encode() + b"\n",
+        [
+            *headers,
+            (b"content-type", wire.TEXT_PLAIN.encode()),
+            (b"x-content-type-options", b"nosniff"),
+        ],
+    )

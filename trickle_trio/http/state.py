@@ -1,0 +1,22 @@
+"""The state shared by the raw segment layer and the Quart routes of one server."""
+
+from __future__ import annotations
+
+from ..channels import ChannelRegistry
+from ..config import Settings
+from ..core import wire
+
+
+class ServerState:
+    """Settings plus the registry, which may arrive later (at ASGI lifespan start-up).
+
+    Attributes:
+        registry: the channels; None until the server has started.
+        draining: set on shutdown; /readyz then answers 503.
+    """
+
+    def __init__(self, settings: Settings, registry: ChannelRegistry | None = None) -> None:
+        self.settings = settings
+        self.base_path = wire.normalize_base_path(settings.base_path)
+        self.registry = registry
+        self.draining = False

@@ -1,0 +1,274 @@
+"""The segment hot path, ``POST /{ch}/{seq}`` and ``GET /{ch}/{seq}``, as raw ASGI.
+
+Installed in front of the Quart app (``app.asgi_app = SegmentStreams(app.asgi_app, ..)``)
+so that segment bodies stream without Quart's response/body timeouts or its body
+buffer, hypercorn's backpressure is kept, and a GET's status line and headers go out
+with its first byte. Everything else falls through to Quart.
+
+Each handler holds a lease of the channel's cancel scopes (``channels.TaskScopes``) for
+as long as it serves the channel, including its last response, so that a DELETE can
+order the teardown: every subscriber's terminal response first, then the publishers'.
+
+Imports: trio, hypercorn's ASGI types, ``core``, ``channels``, and the sibling helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from ..channels import Channel, PublisherGone, PublishOutcome, ReadResult, SegmentWriter
+from ..core import wire
+from ..core.errors import ChannelClosedError
+from .hooks import HookFailed, HookRequest, run_hook
+from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
+from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+_CONTENT_TYPE = b"content-type"
+
+
+class SegmentStreams:
+    """ASGI middleware serving segment POSTs and GETs; the rest goes to ``app``."""
+
+    def __init__(self, app: ASGIFramework, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
+            route = wire.split_path(scope["path"], self.state.base_path)
+            if (
+                route is not None
+                and route.seq is not None
+                and not (route.seq == "next" and scope["method"] == "GET")
+            ):
+                await self._serve(scope, receive, send, route)
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self,
+        scope: Any,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        route: wire.Route,
+    ) -> None:
+        assert route.seq is not None
+        try:
+            seq = wire.parse_seq(route.seq)
+        except wire.InvalidSeq:
+            await send_error(send, 400, wire.INVALID_IDX)
+            return
+        try:
+            name = wire.check_channel_name(route.channel)
+        except wire.InvalidChannelName:
+            await send_error(send, 400, "Invalid channel name")
+            return
+        registry = self.state.registry
+        if registry is None:
+            await send_error(send, 503, "Server not ready")
+            return
+        if scope["method"] == "GET":
+            channel = registry.get(name)
+            if channel is None:
+                await send_error(send, 404, wire.STREAM_NOT_FOUND)
+                return
+            await serve_subscriber(channel, seq, receive, send)
+            return
+
+        if seq < wire.SEQ_NEXT:
+            await send_error(send, 400, wire.INVALID_IDX)
+            return
+        channel = registry.get(name)
+        if channel is None and self.state.settings.autocreate:
+            try:
+                await run_hook(self.state.settings.before_create, hook_request(scope), name)
+            except HookFailed as exc:
+                await send_error(send, exc.status, exc.message, [CONNECTION_CLOSE])
+                return
+            channel = registry.create(name, header_value(scope, _CONTENT_TYPE))
+        if channel is None:
+            # Connection: close wakes up a Go publisher's idle preconnect at once.
+            await send_error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
+            return
+        reset = bool(header_value(scope, b"lp-trickle-reset"))
+        await serve_publisher(channel, seq, receive, send, reset=reset)
+
+
+def header_value(scope: Any, name: bytes) -> str:
+    """The last value of request header ``name`` (lower-case bytes), or ``""``."""
+    value = b""
+    for key, val in scope["headers"]:
+        if key.lower() == name:
+            value = val
+    return str(value.decode("latin-1"))
+
+
+def hook_request(scope: Any) -> HookRequest:
+    headers = {
+        key.decode("latin-1").lower(): val.decode("latin-1") for key, val in scope["headers"]
+    }
+    client = scope.get("client")
+    return HookRequest(
+        method=scope["method"],
+        path=scope["path"],
+        headers=headers,
+        client=tuple(client) if client else None,
+    )
+
+
+# -- publish -----------------------------------------------------------------------------
+
+
+async def serve_publisher(
+    channel: Channel,
+    seq: int,
+    receive: ASGIReceiveCallable,
+    send: ASGISendCallable,
+    *,
+    reset: bool = False,
+) -> None:
+    """Stream a POST body into segment ``seq`` (``-1`` = next write) and answer it.
+
+    The answer: 200 + ``Lp-Trickle-Seq``; with ``Connection: close`` when the segment
+    ended empty or was released before its first byte, plus ``Lp-Trickle-Closed`` when
+    the channel is closed. Nothing is sent to a publisher whose connection broke.
+
+    Cancellation: by the channel's teardown (via the lease): answered as closed. Any
+    other cancellation propagates after the segment is closed with what was written.
+    """
+    try:
+        lease = channel.publishers.lease()
+        with lease as scope:
+            writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
+            outcome = PublishOutcome.CHANNEL_CLOSED
+            with scope:
+                outcome = await writer.pump(_body_reader(receive))
+            await _answer_publisher(send, channel, writer.seq, outcome)
+    except ChannelClosedError:
+        await _answer_publisher(send, channel, max(seq, channel.next_write), None)
+
+
+def _body_reader(receive: ASGIReceiveCallable) -> Any:
+    more_body = True
+
+    async def read_chunk() -> bytes | None:
+        nonlocal more_body
+        if not more_body:
+            return None
+        message: Any = await receive()
+        if message["type"] == "http.request":
+            more_body = message.get("more_body", False)
+            body: bytes = message.get("body", b"")
+            return body
+        raise PublisherGone
+
+    return read_chunk
+
+
+async def _answer_publisher(
+    send: ASGISendCallable, channel: Channel, seq: int, outcome: PublishOutcome | None
+) -> None:
+    if outcome is PublishOutcome.ABORTED:
+        return
+    headers = [header(wire.SEQ_HEADER, seq)]
+    if outcome is not PublishOutcome.COMPLETE:
+        if channel.closed:
+            headers.append(CLOSED)
+        headers.append(CONNECTION_CLOSE)
+    await send_response(send, 200, b"", headers)
+
+
+# -- subscribe ---------------------------------------------------------------------------
+
+
+async def serve_subscriber(
+    channel: Channel, seq: int, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
+
+    Not in the window: 470 with ``Lp-Trickle-Latest``/``Lp-Trickle-Seq`` (200 with
+    ``Lp-Trickle-Closed`` if the channel is closed). Otherwise the segment streams from
+    byte 0; the status line and headers go out with the first byte, and a segment that
+    closes with no bytes gets an empty 200 (with ``Lp-Trickle-Closed`` at end of stream).
+
+    Cancellation: by the channel's teardown (via the lease): the response is ended (an
+    empty 200 + ``Lp-Trickle-Closed`` if nothing was sent yet). A client that goes away
+    cancels the handler at once; nothing more is sent.
+    """
+    try:
+        lease = channel.subscribers.lease()
+    except ChannelClosedError:
+        seq = wire.resolve_read_seq(seq, channel.next_write)
+        await _answer_missing(send, channel, ReadResult(seq, channel.next_write, None))
+        return
+    with lease as scope:
+        found = channel.segment_for_read(seq)
+        if found.segment is None:
+            await _answer_missing(send, channel, found)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            await _stream_segment(send, channel, found, scope)
+            nursery.cancel_scope.cancel()
+
+
+async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadResult) -> None:
+    headers = [header(wire.LATEST_HEADER, found.latest), header(wire.SEQ_HEADER, found.seq)]
+    status = wire.STATUS_SEQ_NOT_FOUND
+    if channel.closed:
+        headers.append(CLOSED)
+        status = 200
+    headers.append((b"content-type", wire.TEXT_PLAIN.encode()))
+    await send_response(send, status, wire.ENTRY_NOT_FOUND.encode(), headers)
+
+
+async def _stream_segment(
+    send: ASGISendCallable, channel: Channel, found: ReadResult, scope: trio.CancelScope
+) -> None:
+    segment = found.segment
+    assert segment is not None
+    started = False
+    index = 0
+    with scope:
+        while chunks := await segment.wait_chunks(index):
+            index += len(chunks)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if not started:
+                headers = [header(wire.SEQ_HEADER, segment.seq)]
+                if found.latest != segment.seq:
+                    headers.append(header(wire.LATEST_HEADER, found.latest))
+                headers.append((_CONTENT_TYPE, channel.mime_type.encode("latin-1", "replace")))
+                headers.append(header(wire.SIZE_HEADER, len(data)))
+                start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
+                await send(start)
+                started = True
+            body: Any = {"type": "http.response.body", "body": data, "more_body": True}
+            await send(body)
+    if started:
+        end: Any = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(end)
+        return
+    headers = [
+        header(wire.SEQ_HEADER, segment.seq),
+        header(wire.LATEST_HEADER, channel.next_write),
+    ]
+    if channel.closed:
+        headers.append(CLOSED)
+    await send_response(send, 200, b"", headers)
+
+
+async def _watch_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (hypercorn only says so via receive)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return

@@ -1,0 +1,140 @@
+"""Running the server: the registry's nursery, the idle sweeper, hypercorn, the drain.
+
+Nesting (outermost first), as hypercorn's own ``trio/run.py`` nests lifespan, server,
+trigger: the channel nursery outlives the HTTP server. On shutdown every channel is
+deleted first, so that every subscriber ends with ``Lp-Trickle-Closed`` and idle
+preconnects are released; only then is hypercorn told to stop, and its
+``graceful_timeout`` finds nothing left to cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from .channels import ChannelRegistry
+from .config import Settings
+from .http.app import app_state, create_app
+from .http.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """The hypercorn Config for ``settings`` (one process; no read timeout)."""
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.graceful_timeout
+    config.include_server_header = False
+    config.read_timeout = None  # would kill idle preconnects
+    config.accesslog = settings.access_log
+    # A Logger (not "-") makes hypercorn log through logging without its own handler.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    if settings.certfile is not None:
+        config.certfile = settings.certfile
+        config.keyfile = settings.keyfile
+    return config
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("shutdown signal=%s", signal.Signals(signum).name)
+            return
+
+
+@dataclass
+class RunningServer:
+    """A server started by :func:`open_server`.
+
+    Attributes:
+        urls: what hypercorn bound, e.g. ``["http://127.0.0.1:40123"]``.
+        url: the first of them plus the base path, without a trailing slash: the
+            prefix of every channel URL (``f"{server.url}/{channel}"``).
+        registry: the channels, for in-process inspection or the local API.
+    """
+
+    urls: list[str]
+    url: str
+    registry: ChannelRegistry
+    app: QuartTrio
+    state: ServerState
+    _stop: trio.Event
+
+    async def shutdown(self) -> None:
+        """Drain every channel, then stop hypercorn (returns once it has stopped)."""
+        self._stop.set()
+
+
+@asynccontextmanager
+async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    """Serve ``settings`` for the duration of the block; drain and stop at its end."""
+    async with trio.open_nursery() as channel_nursery:
+        registry = ChannelRegistry(
+            channel_nursery,
+            teardown_grace=settings.teardown_grace,
+            changefeed=settings.changefeed,
+        )
+        await channel_nursery.start(
+            partial(
+                registry.run_sweeper,
+                idle_timeout=settings.idle_timeout,
+                sweep_interval=settings.sweep_interval,
+            )
+        )
+        app = create_app(settings, registry)
+        state = app_state(app)
+        stop = trio.Event()
+
+        async def drain_then_stop() -> None:
+            await stop.wait()
+            state.draining = True
+            count = len(registry)
+            await registry.close_all()
+            logger.info("drained channels=%d", count)
+
+        async with trio.open_nursery() as server_nursery:
+            urls: list[str] = await server_nursery.start(
+                partial(
+                    serve,
+                    app,
+                    hypercorn_config(settings),
+                    shutdown_trigger=drain_then_stop,
+                )
+            )
+            url = urls[0] + state.base_path.rstrip("/")
+            server = RunningServer(urls, url, registry, app, state, stop)
+            try:
+                yield server
+            finally:
+                stop.set()
+        channel_nursery.cancel_scope.cancel()
+
+
+async def run_server(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = wait_for_signal,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (default: SIGINT/SIGTERM), then drain.
+
+    ``task_status.started`` receives the :class:`RunningServer`. ``shutdown_trigger=None``
+    serves until cancelled.
+    """
+    async with open_server(settings) as server:
+        task_status.started(server)
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        await shutdown_trigger()
