@@ -22,7 +22,7 @@ import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -90,7 +90,8 @@ class Segment(SegmentState):
 
         Cancellation: atomic; raises Cancelled and leaves the segment unchanged.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if index < len(self.chunks) or self.closed:
+            await trio.lowlevel.checkpoint()
         while index >= len(self.chunks) and not self.closed:
             changed = self._changed
             if changed is None:
@@ -130,15 +131,19 @@ class TaskScopes:
     def __len__(self) -> int:
         return len(self._scopes)
 
-    @contextmanager
-    def lease(self) -> Iterator[trio.CancelScope]:
-        """Lend a cancel scope (not entered) for the duration of the ``with``.
+    def lease(self) -> AbstractContextManager[trio.CancelScope]:
+        """Lend a cancel scope (not entered) for the duration of a ``with``.
 
         Raises:
-            ChannelClosedError: the channel is being (or has been) torn down.
+            ChannelClosedError: (at the call, not at ``with``) the channel is being, or
+                has been, torn down.
         """
         if self._closed:
             raise ChannelClosedError(self._channel_name)
+        return self._lease()
+
+    @contextmanager
+    def _lease(self) -> Iterator[trio.CancelScope]:
         scope = trio.CancelScope()
         if not self._scopes:
             self._drained = trio.Event()

@@ -1,0 +1,407 @@
+"""channels.py on trio without HTTP: segments, leases, the window rules, the registry."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from trickle_trio.channels import (
+    Channel,
+    ChannelRegistry,
+    PublisherGone,
+    PublishOutcome,
+    Segment,
+    SegmentWriter,
+    TaskScopes,
+)
+from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError
+
+
+def chunk_source(*chunks: bytes | type[Exception] | None):  # type: ignore[no-untyped-def]
+    """A read_chunk callable: yields the given chunks; None = end; an exception = raise."""
+    items = list(chunks)
+
+    async def read_chunk() -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        item = items.pop(0)
+        if isinstance(item, type):
+            raise item
+        return item
+
+    return read_chunk
+
+
+# -- Segment -------------------------------------------------------------------------------
+
+
+async def test_readers_wake_on_each_append_and_end_on_close() -> None:
+    segment = Segment(0)
+    seen: list[list[bytes]] = []
+
+    async def reader() -> None:
+        index = 0
+        while chunks := await segment.wait_chunks(index):
+            seen.append(chunks)
+            index += len(chunks)
+        seen.append([])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        segment.append(b"a")
+        await trio.testing.wait_all_tasks_blocked()
+        segment.append(b"b")
+        segment.append(b"c")  # two chunks before the reader runs: handed over together
+        await trio.testing.wait_all_tasks_blocked()
+        segment.close()
+    assert seen == [[b"a"], [b"b", b"c"], []]
+
+
+async def test_readers_share_the_same_bytes_objects() -> None:
+    segment = Segment(0)
+    payload = b"x" * 1000
+    segment.append(payload)
+    segment.close()
+    first = await segment.wait_chunks(0)
+    second = await segment.wait_chunks(0)
+    assert first[0] is payload
+    assert second[0] is payload
+
+
+async def test_wait_chunks_cancellation_leaves_segment_unchanged() -> None:
+    segment = Segment(0)
+    with trio.move_on_after(1) as scope:
+        await segment.wait_chunks(0)
+    assert scope.cancelled_caught
+    segment.append(b"late")
+    assert await segment.wait_chunks(0) == [b"late"]
+
+
+async def test_wait_chunks_always_checkpoints() -> None:
+    segment = Segment(0)
+    segment.append(b"ready")
+    with trio.testing.assert_checkpoints():
+        await segment.wait_chunks(0)
+
+
+async def test_closing_a_segment_cancels_its_idle_writers() -> None:
+    segment = Segment(0)
+    done = trio.Event()
+
+    async def idle() -> None:
+        with segment.idle_writer() as scope, scope:
+            await trio.sleep_forever()
+        assert scope.cancelled_caught
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(idle)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()
+        segment.close()
+    assert done.is_set()
+    # A writer arriving after the close is released at once.
+    with segment.idle_writer() as scope, scope:
+        await trio.sleep_forever()
+    assert scope.cancelled_caught
+
+
+# -- TaskScopes ----------------------------------------------------------------------------
+
+
+async def test_task_scopes_cancel_and_drain_waits_for_every_lease() -> None:
+    scopes = TaskScopes("cam")
+    left: list[str] = []
+
+    async def hold(label: str, *, task_status: trio.TaskStatus[None]) -> None:
+        with scopes.lease() as scope:
+            task_status.started()
+            with scope:
+                await trio.sleep_forever()
+            await (
+                trio.lowlevel.checkpoint()
+            )  # the handler still has work to do after its scope ends
+            left.append(label)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hold, "a")
+        await nursery.start(hold, "b")
+        assert len(scopes) == 2
+        await scopes.cancel_and_drain()
+        assert sorted(left) == ["a", "b"]
+        assert len(scopes) == 0
+    with pytest.raises(ChannelClosedError), scopes.lease():
+        pass  # pragma: no cover
+
+
+# -- the window rules (Channel) --------------------------------------------------------------
+
+
+async def test_write_minus_one_means_next_write_and_reuses_an_open_segment() -> None:
+    channel = Channel("cam", "video/mp2t")
+    first = channel.segment_for_write(-1)
+    assert first.seq == 0
+    assert channel.segment_for_write(0) is first  # two POSTs to one open seq append
+
+
+async def test_write_to_a_closed_seq_starts_it_afresh() -> None:
+    channel = Channel("cam", "")
+    old = channel.segment_for_write(3)
+    old.append(b"old")
+    old.close()
+    fresh = channel.segment_for_write(3)
+    assert fresh is not old
+    assert fresh.seq == 3
+    assert fresh.chunks == []
+    assert not fresh.closed
+    assert old.chunks == [b"old"]  # readers of the old one keep what they had
+
+
+async def test_writing_seq_plus_five_evicts_and_closes_seq() -> None:
+    channel = Channel("cam", "")
+    old = channel.segment_for_write(2)
+    new = channel.segment_for_write(7)
+    assert old.closed
+    assert channel.window.get(2) is None
+    assert channel.window.get(7) is new
+
+
+async def test_reset_closes_older_segments_only() -> None:
+    channel = Channel("cam", "")
+    segments = [channel.segment_for_write(seq) for seq in (1, 2, 3, 4)]
+    channel.segment_for_write(3, reset=True)
+    assert [s.closed for s in segments] == [True, True, False, False]
+
+
+async def test_read_precreates_just_ahead_of_the_writer() -> None:
+    channel = Channel("cam", "")
+    found = channel.segment_for_read(-1)  # nothing written: next write is 0
+    assert (found.seq, found.latest) == (0, 0)
+    assert found.segment is not None
+    assert channel.window.get(0) is found.segment
+    one = channel.segment_for_read(1)  # nothing written yet and seq == 1: grace
+    assert one.segment is not None
+    assert channel.segment_for_read(2).segment is None  # too far ahead: 470
+    channel.note_first_byte(4)
+    assert channel.segment_for_read(5).segment is not None  # == next write
+    assert channel.segment_for_read(6).segment is None
+
+
+async def test_read_minus_two_and_minus_n() -> None:
+    channel = Channel("cam", "")
+    for seq in range(8):
+        segment = channel.segment_for_write(seq)
+        channel.note_first_byte(seq)
+        segment.close()
+    assert channel.next_write == 8
+    current = channel.segment_for_read(-2)
+    assert (current.seq, current.latest) == (7, 8)
+    assert channel.segment_for_read(-3).seq == 6
+    assert channel.segment_for_read(-6).segment is not None  # seq 3, oldest in window
+    gone = channel.segment_for_read(-7)
+    assert (gone.seq, gone.segment) == (2, None)  # evicted: 470
+    assert channel.segment_for_read(-20).segment is None  # negative resolved seq
+
+
+async def test_closed_channel_precreates_nothing() -> None:
+    channel = Channel("cam", "")
+    channel.request_delete()
+    assert channel.segment_for_read(-1).segment is None
+    with pytest.raises(ChannelClosedError):
+        channel.segment_for_write(-1)
+
+
+# -- SegmentWriter -------------------------------------------------------------------------
+
+
+async def test_first_byte_advances_next_write_even_backwards() -> None:
+    channel = Channel("cam", "")
+    channel.note_first_byte(9)
+    writer = SegmentWriter(channel, channel.segment_for_write(4))
+    assert await writer.pump(chunk_source(b"x", None)) is PublishOutcome.COMPLETE
+    assert channel.next_write == 5  # a restarted publisher wins
+    assert writer.segment.closed
+    assert writer.segment.chunks == [b"x"]
+
+
+async def test_empty_body_is_a_segment_and_advances_next_write() -> None:
+    channel = Channel("cam", "")
+    writer = SegmentWriter(channel, channel.segment_for_write(-1))
+    assert await writer.pump(chunk_source(b"", None)) is PublishOutcome.EMPTY
+    assert channel.next_write == 1
+    assert writer.segment.closed
+    assert writer.segment.size == 0
+    assert channel.segment_for_read(-1).seq == 1  # a -1 reader never gets seq 0 again
+
+
+async def test_idle_writer_is_released_when_its_segment_closes() -> None:
+    channel = Channel("cam", "")
+    writer = SegmentWriter(channel, channel.segment_for_write(0))
+    outcome: list[PublishOutcome] = []
+
+    async def never() -> bytes | None:
+        await trio.sleep_forever()
+        return None  # pragma: no cover
+
+    async with trio.open_nursery() as nursery:
+
+        async def publish() -> None:
+            outcome.append(await writer.pump(never))
+
+        nursery.start_soon(publish)
+        await trio.testing.wait_all_tasks_blocked()
+        writer.segment.close()  # DELETE /cam/0
+    assert outcome == [PublishOutcome.RELEASED]
+    assert channel.next_write == 1
+
+
+async def test_released_old_preconnect_never_moves_next_write_back() -> None:
+    channel = Channel("cam", "")
+    old = SegmentWriter(channel, channel.segment_for_write(2))
+    channel.note_first_byte(6)
+    old.finish(PublishOutcome.RELEASED)
+    assert channel.next_write == 7
+
+
+async def test_broken_publisher_closes_segment_with_bytes_written() -> None:
+    channel = Channel("cam", "")
+    writer = SegmentWriter(channel, channel.segment_for_write(0))
+    outcome = await writer.pump(chunk_source(b"ab", b"cd", PublisherGone))
+    assert outcome is PublishOutcome.ABORTED
+    assert writer.segment.closed
+    assert writer.segment.chunks == [b"ab", b"cd"]
+
+
+async def test_bytes_after_a_close_from_elsewhere_are_discarded() -> None:
+    channel = Channel("cam", "")
+    writer = SegmentWriter(channel, channel.segment_for_write(0))
+    closed_at: list[int] = []
+
+    async def read_chunk() -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        if writer.bytes_written == 2 and not closed_at:
+            writer.segment.close()  # e.g. DELETE /cam/0 mid-body
+            closed_at.append(writer.segment.size)
+            return b"late"
+        return b"ab" if not closed_at else None
+
+    assert await writer.pump(read_chunk) is PublishOutcome.COMPLETE
+    assert writer.segment.chunks == [b"ab"]
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+async def test_create_is_idempotent_and_delete_removes(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery)
+    channel = registry.create("cam", "video/mp2t")
+    assert registry.create("cam", "other") is channel
+    assert channel.mime_type == "video/mp2t"
+    await registry.delete("cam")
+    assert registry.get("cam") is None
+    assert channel.deleted
+    with pytest.raises(ChannelNotFoundError):
+        await registry.delete("cam")
+
+
+async def test_delete_releases_subscribers_before_publishers(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery)
+    channel = registry.create("cam")
+    events: list[str] = []
+
+    async def hold(scopes: TaskScopes, label: str, *, task_status: trio.TaskStatus[None]) -> None:
+        with scopes.lease() as scope:
+            task_status.started()
+            with scope:
+                await trio.sleep_forever()
+            await trio.lowlevel.checkpoint()  # its terminal response
+            events.append(label)
+
+    async with trio.open_nursery() as handlers:
+        await handlers.start(hold, channel.publishers, "preconnect")  # started first on purpose
+        await handlers.start(hold, channel.subscribers, "subscriber-1")
+        await handlers.start(hold, channel.subscribers, "subscriber-2")
+        await registry.delete("cam")
+        events.append("delete returned")
+    assert events[:2] in (["subscriber-1", "subscriber-2"], ["subscriber-2", "subscriber-1"])
+    assert events[2:] == ["preconnect", "delete returned"]
+
+
+async def test_teardown_grace_bounds_a_stuck_subscriber(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    registry = ChannelRegistry(nursery, teardown_grace=3)
+    channel = registry.create("cam")
+    released = trio.Event()
+
+    async def stuck(*, task_status: trio.TaskStatus[None]) -> None:
+        with channel.subscribers.lease():
+            task_status.started()
+            with trio.CancelScope(shield=True):
+                await released.wait()  # a client that stopped reading
+
+    async with trio.open_nursery() as handlers:
+        await handlers.start(stuck)
+        start = trio.current_time()
+        await registry.delete("cam")
+        assert trio.current_time() - start == pytest.approx(3)
+        released.set()
+
+
+async def test_sweep_deletes_idle_channels_but_not_underscored(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    registry = ChannelRegistry(nursery)
+    registry.create("idle")
+    registry.create("busy")
+    registry.create("_internal")
+    await nursery.start(
+        functools.partial(registry.run_sweeper, idle_timeout=300, sweep_interval=60)
+    )
+    await trio.sleep(200)
+    registry.get("busy").note_first_byte(0)  # type: ignore[union-attr]
+    await trio.sleep(170)  # idle: 370 s since creation; busy: 170 s since its write
+    assert registry.get("idle") is None
+    assert registry.get("busy") is not None
+    assert registry.get("_internal") is not None
+    await trio.sleep(200)
+    assert registry.get("busy") is None
+    assert registry.get("_internal") is not None
+
+
+async def test_changefeed_records_additions_and_removals(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery, changefeed=True)
+    registry.create("a")
+    registry.create("a")  # no event: it existed
+    registry.create("b")
+    await registry.delete("a")
+    feed = registry.get("_changes")
+    assert feed is not None
+    assert feed.mime_type == "application/json"
+    events = [json.loads(b"".join(feed.window.get(seq).chunks)) for seq in range(4)]  # type: ignore[union-attr]
+    assert events == [
+        {"added": ["_changes"]},
+        {"added": ["a"]},
+        {"added": ["b"]},
+        {"removed": ["a"]},
+    ]
+    assert feed.next_write == 4
+
+
+async def test_no_changefeed_unless_asked(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery)
+    registry.create("a")
+    assert registry.get("_changes") is None
+
+
+async def test_close_all_deletes_every_channel(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery)
+    channels = [registry.create(name) for name in ("a", "b", "c")]
+    await registry.close_all()
+    assert len(registry) == 0
+    assert all(channel.deleted for channel in channels)
