@@ -61,6 +61,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # Go's mux answers OPTIONS with 405
     state = ServerState(settings, registry)
     app.extensions["trickle"] = state
     base = state.base_path
