@@ -1,0 +1,329 @@
+"""A minimal HTTP/1.1 client for the load generator: raw non-blocking sockets on trio.
+
+Only what the benchmarks need, as cheap per call as possible: a hand-written request
+writer (``sendmsg`` of header, data and trailer without joining them), a response-head
+parser, and a chunked / Content-Length / until-close body reader that hands the caller
+``memoryview`` slices of one reused receive buffer, so that no payload byte is copied
+between the kernel and the checksum.
+
+Rules:
+- A ``Conn`` is used by one task at a time; nothing here locks.
+- Payload views passed to ``on_data`` are valid only during the call.
+- A fast path that never blocks still yields to trio every few calls, so that one busy
+  stream cannot starve the other tasks of its process.
+
+Imports: stdlib and trio only (never trickle_trio.client: the bench must measure any server
+with the same client).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+RECV_SIZE = 256 * 1024
+_YIELD_EVERY = 8
+_CRLF = b"\r\n"
+
+
+class HttpError(Exception):
+    """The peer broke the HTTP framing, or the connection ended early."""
+
+
+@dataclass(slots=True)
+class Head:
+    """A response's status line and headers (names lower-cased)."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.headers.get("connection", "").lower() != "close"
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection to ``host:port``."""
+
+    __slots__ = ("_fast", "_pending", "_rbuf", "_rview", "closed", "host", "sock")
+
+    def __init__(self, sock: socket.socket, host: bytes) -> None:
+        self.sock = sock
+        self.host = host
+        self.closed = False
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        # Bytes received but not consumed yet (a head's tail, the next response, ...).
+        self._pending = b""
+        self._fast = 0
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Conn:
+        """Connect (TCP_NODELAY on) to ``host:port``."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            err = sock.connect_ex((host, port))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
+            if err:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
+            else:
+                await trio.lowlevel.checkpoint()
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, f"{host}:{port}".encode())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def send(self, *parts: bytes | memoryview) -> None:
+        """Send ``parts`` in order (one ``sendmsg`` when the socket buffer has room)."""
+        if self.closed:
+            raise HttpError("connection closed")
+        sock = self.sock
+        views = [memoryview(p) for p in parts if len(p)]
+        while views:
+            try:
+                sent = sock.sendmsg(views) if len(views) > 1 else sock.send(views[0])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                self.close()
+                raise HttpError(f"send failed: {exc}") from exc
+            while sent:
+                first = len(views[0])
+                if sent >= first:
+                    sent -= first
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+        await self._maybe_yield()
+
+    async def _maybe_yield(self) -> None:
+        self._fast += 1
+        if self._fast >= _YIELD_EVERY:
+            self._fast = 0
+            await trio.lowlevel.checkpoint()
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        """Send a request head (and a small whole body with Content-Length)."""
+        await self.send(request_head(self.host, method, path, headers, body_length=len(body)), body)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _recv_into(self) -> int:
+        """Receive into the reused buffer; the number of bytes, 0 at EOF."""
+        sock = self.sock
+        while True:
+            try:
+                n = sock.recv_into(self._rbuf)
+            except BlockingIOError:
+                self._fast = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                self.close()
+                raise HttpError(f"recv failed: {exc}") from exc
+            await self._maybe_yield()
+            return n
+
+    async def read_head(self) -> Head:
+        """Read a response's status line and headers (1xx responses are skipped)."""
+        data = self._pending
+        while True:
+            end = data.find(b"\r\n\r\n")
+            while end < 0:
+                if len(data) > 65536:
+                    raise HttpError("response head too long")
+                n = await self._recv_into()
+                if not n:
+                    self.close()
+                    raise HttpError("connection closed before the response head")
+                data += self._rbuf[:n]
+                end = data.find(b"\r\n\r\n")
+            lines = data[:end].decode("latin-1").split("\r\n")
+            data = data[end + 4 :]
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+                raise HttpError(f"bad status line {lines[0]!r}")
+            status = int(parts[1])
+            if 100 <= status < 200:
+                continue  # 100 Continue keepalives on an idle POST
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self._pending = bytes(data)
+            return Head(status, headers)
+
+    async def read_body(self, head: Head, on_data: Callable[[memoryview], object]) -> int:
+        """Read ``head``'s body, passing each piece to ``on_data``; return its length.
+
+        The connection is closed afterwards unless the response allows keep-alive.
+        """
+        headers = head.headers
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            total = await self._read_chunked(on_data)
+        elif "content-length" in headers:
+            total = await self._read_length(int(headers["content-length"]), on_data)
+        elif head.status in (204, 304):
+            total = 0
+        else:
+            total = await self._read_until_close(on_data)
+        if not head.keep_alive:
+            self.close()
+        return total
+
+    async def read_body_bytes(self, head: Head) -> bytes:
+        """The whole body of ``head`` as bytes (for small control responses)."""
+        parts: list[bytes] = []
+        await self.read_body(head, lambda piece: parts.append(bytes(piece)))
+        return b"".join(parts)
+
+    async def _read_length(self, length: int, on_data: Callable[[memoryview], object]) -> int:
+        remaining = length
+        pending = self._pending
+        if pending:
+            take = min(len(pending), remaining)
+            on_data(memoryview(pending)[:take])
+            self._pending = pending[take:]
+            remaining -= take
+        while remaining:
+            n = await self._recv_into()
+            if not n:
+                self.close()
+                raise HttpError("connection closed inside a body")
+            if n > remaining:
+                on_data(self._rview[:remaining])
+                self._pending = bytes(self._rbuf[remaining:n])
+                remaining = 0
+            else:
+                on_data(self._rview[:n])
+                remaining -= n
+        return length
+
+    async def _read_until_close(self, on_data: Callable[[memoryview], object]) -> int:
+        total = len(self._pending)
+        if self._pending:
+            on_data(memoryview(self._pending))
+            self._pending = b""
+        while n := await self._recv_into():
+            total += n
+            on_data(self._rview[:n])
+        self.close()
+        return total
+
+    async def _read_chunked(self, on_data: Callable[[memoryview], object]) -> int:
+        """Decode a chunked body; payload slices go to ``on_data`` as they arrive.
+
+        ``need`` is payload still due in the current chunk, ``crlf`` the bytes of the CRLF
+        after it; when both are 0 a size line comes next. Only a size line split across
+        two reads is ever copied (with the read that completes it).
+        """
+        total = need = crlf = 0
+        carry = b""
+        buf: bytes | bytearray = self._pending
+        size = len(buf)
+        view = memoryview(buf)
+        self._pending = b""
+        while True:
+            pos = 0
+            while pos < size:
+                if need:
+                    take = need if need < size - pos else size - pos
+                    on_data(view[pos : pos + take])
+                    total += take
+                    pos += take
+                    need -= take
+                    if not need:
+                        crlf = 2
+                elif crlf:
+                    take = crlf if crlf < size - pos else size - pos
+                    pos += take
+                    crlf -= take
+                else:
+                    end = buf.find(_CRLF, pos, pos + 1026)
+                    if end < 0:
+                        if size - pos > 1024:
+                            raise HttpError("chunk size line too long")
+                        carry = bytes(buf[pos:size])
+                        break
+                    chunk = int(bytes(buf[pos:end]).split(b";", 1)[0], 16)
+                    pos = end + 2
+                    if chunk == 0:
+                        await self._finish_trailer(bytes(buf[pos:size]))
+                        return total
+                    need = chunk
+            n = await self._recv_into()
+            if not n:
+                self.close()
+                raise HttpError("connection closed inside a chunked body")
+            if carry:
+                buf = carry + self._rbuf[:n]
+                size = len(buf)
+                carry = b""
+            else:
+                buf = self._rbuf
+                size = n
+            view = memoryview(buf)
+
+    async def _finish_trailer(self, rest: bytes) -> None:
+        """Consume the (normally empty) trailer after the last chunk."""
+        while True:
+            if rest.startswith(_CRLF):
+                self._pending = rest[2:]
+                return
+            end = rest.find(b"\r\n\r\n")
+            if end >= 0:
+                self._pending = rest[end + 4 :]
+                return
+            n = await self._recv_into()
+            if not n:
+                self.close()
+                raise HttpError("connection closed inside a trailer")
+            rest += self._rbuf[:n]
+
+
+def request_head(
+    host: bytes,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    body_length: int | None = 0,
+) -> bytes:
+    """A request head; ``body_length=None`` means a chunked (streaming) body."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + host]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}".encode("latin-1"))
+    if body_length is None:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif body_length or method in ("POST", "PUT"):
+        lines.append(b"Content-Length: %d" % body_length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def chunk_prefix(length: int) -> bytes:
+    """The size line that precedes ``length`` payload bytes in a chunked body."""
+    return b"%x\r\n" % length
+
+
+LAST_CHUNK = b"0\r\n\r\n"
