@@ -168,6 +168,7 @@ class LocalSegment:
             except ChannelClosedError:
                 await trio.lowlevel.checkpoint()
                 raise StopAsyncIteration from None
+            chunks = []  # stays empty if the channel's deletion cancels the wait
             with lease as scope, scope:
                 chunks = await segment.wait_chunks(self._index)
             if not chunks:

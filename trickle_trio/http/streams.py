@@ -80,7 +80,7 @@ class SegmentStreams:
             if channel is None:
                 await send_error(send, 404, wire.STREAM_NOT_FOUND)
                 return
-            await serve_subscriber(channel, seq, receive, send)
+            await serve_subscriber(channel, seq, receive, send, self.state)
             return
 
         if seq < wire.SEQ_NEXT:
@@ -190,7 +190,11 @@ async def _answer_publisher(
 
 
 async def serve_subscriber(
-    channel: Channel, seq: int, receive: ASGIReceiveCallable, send: ASGISendCallable
+    channel: Channel,
+    seq: int,
+    receive: ASGIReceiveCallable,
+    send: ASGISendCallable,
+    state: ServerState | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -201,7 +205,9 @@ async def serve_subscriber(
 
     Cancellation: by the channel's teardown (via the lease): the response is ended (an
     empty 200 + ``Lp-Trickle-Closed`` if nothing was sent yet). A client that goes away
-    cancels the handler at once; nothing more is sent.
+    cancels the handler at once; nothing more is sent. While the server drains
+    (``state.draining``) the terminal response also says ``Connection: close``, so that
+    no idle keep-alive connection holds hypercorn's shutdown up.
     """
     try:
         lease = channel.subscribers.lease()
@@ -216,7 +222,7 @@ async def serve_subscriber(
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            await _stream_segment(send, channel, found, scope)
+            await _stream_segment(send, channel, found, scope, state)
             nursery.cancel_scope.cancel()
 
 
@@ -231,7 +237,11 @@ async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadR
 
 
 async def _stream_segment(
-    send: ASGISendCallable, channel: Channel, found: ReadResult, scope: trio.CancelScope
+    send: ASGISendCallable,
+    channel: Channel,
+    found: ReadResult,
+    scope: trio.CancelScope,
+    state: ServerState | None,
 ) -> None:
     segment = found.segment
     assert segment is not None
@@ -262,6 +272,8 @@ async def _stream_segment(
     ]
     if channel.closed:
         headers.append(CLOSED)
+        if state is not None and state.draining:
+            headers.append(CONNECTION_CLOSE)
     await send_response(send, 200, b"", headers)
 
 

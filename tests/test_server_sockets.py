@@ -1,0 +1,170 @@
+"""Over real sockets with hypercorn (level 4): what only a real connection can show.
+
+Each test is bounded with trio.fail_after; waiting for server state is done by polling
+it under that bound (MockClock is not usable with socket I/O in flight).
+"""
+
+from __future__ import annotations
+
+import trio
+import trustme
+
+from trickle_trio.config import Settings
+from trickle_trio.server import RunningServer, open_server
+
+from .sockets import call, connect, until
+
+LIMIT = 10
+
+
+def path_of(server: RunningServer, path: str) -> str:
+    return server.state.base_path.rstrip("/") + path
+
+
+async def test_chunks_stream_through_real_sockets(trickle_server: RunningServer) -> None:
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        subscriber = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0", [("Content-Type", "video/mp2t")])
+        await until(lambda: "cam" in trickle_server.registry)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        await publisher.send(b"frame-1")
+        head = await subscriber.head()
+        assert head.status == 200
+        assert head.headers["lp-trickle-seq"] == "0"
+        assert head.headers["content-type"] == "video/mp2t"
+        assert head.headers["transfer-encoding"] == "chunked"
+        assert "server" not in head.headers
+        assert await subscriber.chunk() == b"frame-1"
+        await publisher.send(b"frame-2")
+        assert await subscriber.chunk() == b"frame-2"
+        await publisher.end()
+        assert (await publisher.response()).headers["lp-trickle-seq"] == "0"
+        assert await subscriber.chunk() is None
+        await publisher.aclose()
+        await subscriber.aclose()
+
+
+async def test_publisher_connection_breaking_mid_body_ends_subscribers_cleanly(
+    trickle_server: RunningServer,
+) -> None:
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"written before the break")
+        await until(lambda: "cam" in trickle_server.registry)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        await publisher.aclose()  # no terminating chunk: the body is cut
+        reply = await subscriber.response()  # ends cleanly, not hanging
+        assert reply.body == b"written before the break"
+        await subscriber.aclose()
+        late = await call(trickle_server.url, "GET", "/cam/0")
+        assert late.body == b"written before the break"
+
+
+async def test_subscriber_leaving_releases_its_lease(trickle_server: RunningServer) -> None:
+    with trio.fail_after(LIMIT):
+        await call(trickle_server.url, "POST", "/cam")
+        channel = trickle_server.registry.get("cam")
+        assert channel is not None
+        subscribers = [await connect(trickle_server.url) for _ in range(20)]
+        for subscriber in subscribers:
+            await subscriber.start("GET", "/cam/0")
+            await subscriber.end()
+        await until(lambda: len(channel.subscribers) == 20)
+        for subscriber in subscribers:
+            await subscriber.aclose()
+        await until(lambda: len(channel.subscribers) == 0)
+
+
+async def test_idle_preconnect_to_unknown_channel_gets_404_before_any_body() -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=False)
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            preconnect = await connect(server.url)
+            await preconnect.start("POST", "/unknown/0")  # the body never starts
+            reply = await preconnect.response()
+            assert (reply.status, reply.body) == (404, b"Stream not found\n")
+            assert reply.headers["connection"] == "close"
+            await preconnect.aclose()
+
+
+async def test_delete_releases_an_idle_preconnect_over_the_wire(
+    trickle_server: RunningServer,
+) -> None:
+    trickle_server.registry.create("cam", "video/mp2t")
+    with trio.fail_after(LIMIT):
+        preconnect = await connect(trickle_server.url)
+        await preconnect.start("POST", "/cam/0")
+        channel = trickle_server.registry.get("cam")
+        assert channel is not None
+        await until(lambda: len(channel.publishers) == 1)
+        assert (await call(trickle_server.url, "DELETE", "/cam")).status == 200
+        reply = await preconnect.response()
+        assert reply.status == 200
+        assert reply.headers["lp-trickle-closed"] == "terminated"
+        assert reply.headers["lp-trickle-seq"] == "0"
+        await preconnect.aclose()
+
+
+async def test_shutdown_drains_every_channel_before_hypercorn_stops() -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, graceful_timeout=30)
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            await call(server.url, "POST", "/cam/0", b"first")
+            subscriber = await connect(server.url)
+            await subscriber.start("GET", "/cam/-1")
+            await subscriber.end()
+            preconnect = await connect(server.url)
+            await preconnect.start("POST", "/cam/1")
+            channel = server.registry.get("cam")
+            assert channel is not None
+            await until(lambda: (len(channel.subscribers), len(channel.publishers)) == (1, 1))
+            await server.shutdown()
+            sub_reply = await subscriber.response()
+            pub_reply = await preconnect.response()
+            await subscriber.aclose()
+            await preconnect.aclose()
+        # Well inside graceful_timeout (30 s > LIMIT): nothing waited for hypercorn to
+        # cut a stream.
+    assert sub_reply.headers["lp-trickle-closed"] == "terminated"
+    assert sub_reply.headers["connection"] == "close"  # no keep-alive while draining
+    assert pub_reply.headers["lp-trickle-closed"] == "terminated"
+
+
+async def test_tls(tmp_path: object) -> None:
+    import ssl
+    from pathlib import Path
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    directory = Path(str(tmp_path))
+    cert.private_key_and_cert_chain_pem.write_to_path(directory / "server.pem")
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        autocreate=True,
+        certfile=str(directory / "server.pem"),
+        keyfile=str(directory / "server.pem"),
+    )
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_context.set_alpn_protocols(["http/1.1"])
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            assert server.url.startswith("https://")
+            port = int(server.url.rsplit(":", 1)[1])
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            stream = trio.SSLStream(tcp, client_context, server_hostname="127.0.0.1")
+            from .sockets import Conn
+
+            conn = Conn(stream, f"127.0.0.1:{port}")
+            await conn.start("POST", "/cam/0", [("Content-Length", "6")])
+            await conn.send(b"secret")
+            await conn.end()
+            assert (await conn.response()).headers["lp-trickle-seq"] == "0"
+            await conn.aclose()
