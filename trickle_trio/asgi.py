@@ -2,19 +2,27 @@
 
     hypercorn 'trickle_trio.asgi:app' --worker-class trio --bind 0.0.0.0:2939
 
-Settings come from ``TRICKLE_*`` environment variables (see ``trickle_trio.config``);
-hypercorn's own flags (bind, TLS, workers) stay hypercorn's. Run ONE worker per port: a
-channel lives in one process. The registry is created at ASGI lifespan start-up and the
-channels are drained at lifespan shutdown; SIGTERM/SIGINT reaching the worker drain the
-channels first (see ``trickle_trio.lifecycle``), so hypercorn's graceful timeout finds no
-stream left to cut.
+Settings come from the TOML file named by ``TRICKLE_CONFIG`` and ``TRICKLE_*`` environment
+variables (see ``trickle_trio.config``); hypercorn's own flags (bind, TLS, workers,
+access log) stay hypercorn's. Run ONE worker per port: a channel lives in one process.
+The registry is created at ASGI lifespan start-up and the channels are drained at
+lifespan shutdown; SIGTERM/SIGINT reaching the worker drain the channels first (see
+``trickle_trio.lifecycle``), so hypercorn's graceful timeout finds no stream to cut.
 """
 
 from __future__ import annotations
 
-from .config import Settings
+import logging
+
+from .config import load_settings
 from .http.app import create_app
 from .lifecycle import install_signal_drain
+from .logs import configure_logging
 
-app = create_app(Settings.from_env())
+_settings, _sources = load_settings()
+configure_logging(_settings)
+for _line in _settings.describe(_sources):
+    logging.getLogger("trickle_trio").info("setting %s", _line)
+
+app = create_app(_settings)
 install_signal_drain(app)

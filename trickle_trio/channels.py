@@ -13,7 +13,7 @@ Ownership:
 Nothing here blocks while holding state: ``append``/``close``/``create`` are sync, so a
 decision and the state change it makes are never separated by a checkpoint.
 
-Imports: trio and ``trickle_trio.core`` only.
+Imports: trio, ``trickle_trio.core`` and ``trickle_trio.metrics`` (plain counters).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .core import wire
 from .core.errors import ChannelClosedError, ChannelNotFoundError
 from .core.segment import SegmentState
 from .core.window import Window
+from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ class Segment(SegmentState):
             scope.cancel()
         self._idle_writers.clear()
         return True
+
+    @property
+    def idle_writers(self) -> int:
+        """Preconnected publishers waiting on this segment without having sent a byte."""
+        return len(self._idle_writers)
 
     async def wait_chunks(self, index: int) -> list[bytes]:
         """The chunks from ``index`` on, waiting for at least one; ``[]`` = ended.
@@ -208,8 +214,16 @@ class Channel:
     Created by :meth:`ChannelRegistry.create`; runs as a task until deleted.
     """
 
-    def __init__(self, name: str, mime_type: str, *, teardown_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        mime_type: str,
+        *,
+        teardown_grace: float = 5.0,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.name = name
+        self.metrics = metrics if metrics is not None else _unshared_metrics()
         self.mime_type = mime_type
         self.next_write = 0
         self.created_at = trio.current_time()
@@ -231,8 +245,11 @@ class Channel:
 
     def _put(self, segment: Segment) -> Segment:
         evicted = self.window.put(segment)
-        if evicted is not None and evicted is not segment:
-            evicted.close()
+        if evicted is not None and evicted is not segment and evicted.close():
+            self.metrics.segments["evicted"] += 1
+            logger.info(
+                "segment evicted channel=%s seq=%d bytes=%d", self.name, evicted.seq, evicted.size
+            )
         return segment
 
     def segment_for_write(self, seq: int, *, reset: bool = False) -> Segment:
@@ -341,11 +358,12 @@ class SegmentWriter:
     connection).
     """
 
-    __slots__ = ("bytes_written", "channel", "segment", "started_at")
+    __slots__ = ("bytes_written", "channel", "metrics", "segment", "started_at")
 
     def __init__(self, channel: Channel, segment: Segment) -> None:
         self.channel = channel
         self.segment = segment
+        self.metrics = channel.metrics
         self.bytes_written = 0
         self.started_at: float | None = None
 
@@ -363,6 +381,7 @@ class SegmentWriter:
             if not self.segment.closed:
                 self.channel.note_first_byte(self.segment.seq)
         self.bytes_written += len(data)
+        self.metrics.bytes_in += len(data)
         self.segment.append(data)
 
     async def pump(self, read_chunk: Callable[[], Awaitable[bytes | None]]) -> PublishOutcome:
@@ -413,12 +432,20 @@ class SegmentWriter:
                 channel.next_write = seq + 1
                 channel.write_time = trio.current_time()
         self.segment.close()
-        logger.debug(
-            "segment %s channel=%s seq=%d bytes=%d",
+        metrics = self.metrics
+        metrics.segments[outcome.value] += 1
+        duration = 0.0
+        if self.started_at is not None:
+            duration = trio.current_time() - self.started_at
+            metrics.segment_duration.observe(duration)
+        logger.log(
+            logging.WARNING if outcome is PublishOutcome.ABORTED else logging.INFO,
+            "segment %s channel=%s seq=%d bytes=%d duration=%.3f",
             outcome.value,
             channel.name,
             seq,
             self.bytes_written,
+            duration,
         )
 
 
@@ -437,6 +464,8 @@ class ChannelRegistry:
         self._nursery = nursery
         self._teardown_grace = teardown_grace
         self._channels: dict[str, Channel] = {}
+        self.metrics = ServerMetrics()
+        self.metrics.bind(self.gauges)
         self._changefeed = changefeed
         if changefeed:
             self.create(wire.CHANGEFEED_CHANNEL, "application/json")
@@ -455,12 +484,26 @@ class ChannelRegistry:
         """A snapshot of every channel."""
         return list(self._channels.values())
 
+    def gauges(self) -> dict[str, float]:
+        """What is attached now (computed on demand, for ``/metrics`` and the status view)."""
+        channels = list(self._channels.values())
+        return {
+            "channels_open": len(channels),
+            "subscribers_attached": sum(len(channel.subscribers) for channel in channels),
+            "publishers_attached": sum(len(channel.publishers) for channel in channels),
+            "preconnects_idle": sum(
+                segment.idle_writers for channel in channels for segment in channel.window
+            ),
+        }
+
     def create(self, name: str, mime_type: str = "") -> Channel:  # sync on purpose
         """Create channel ``name`` or return the existing one (creation is idempotent)."""
         channel = self._channels.get(name)
         if channel is not None:
             return channel
-        channel = Channel(name, mime_type, teardown_grace=self._teardown_grace)
+        channel = Channel(
+            name, mime_type, teardown_grace=self._teardown_grace, metrics=self.metrics
+        )
         self._channels[name] = channel
         self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")
         logger.info("channel created channel=%s mime=%s", name, mime_type)
@@ -539,3 +582,14 @@ class ChannelRegistry:
 
         event = json.dumps({kind: [name]}, separators=(",", ":")).encode()
         LocalPublisher(self, feed.name).write_nowait(event)
+
+
+_UNSHARED: ServerMetrics | None = None
+
+
+def _unshared_metrics() -> ServerMetrics:
+    """Counters for a Channel made outside a registry (tests, embedding): one shared sink."""
+    global _UNSHARED
+    if _UNSHARED is None:
+        _UNSHARED = ServerMetrics()
+    return _UNSHARED

@@ -1,10 +1,13 @@
 """``trickle-trio``: the command line. The only place that calls ``trio.run`` and
-configures logging.
+configures logging (besides the ``asgi`` entry point for plain hypercorn).
 
-    trickle-trio serve [--host H] [--port P] [--base-path /p/] [--autocreate/--no-autocreate]
-                       [--changefeed] [--idle-timeout S] [--certfile F --keyfile F]
+    trickle-trio serve [--config FILE] [--host H] [--port P] [--base-path /p/]
+                       [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
+                       [--certfile F --keyfile F] [--access-log -] [--log-format json]
+    trickle-trio status URL
 
-``serve`` reads ``TRICKLE_*`` environment variables first; flags override them. A
+``serve`` merges defaults < TOML file < ``TRICKLE_*`` environment < flags, prints the
+result (secrets masked) at start-up, and fails fast with one line on a bad value. A
 standalone server has autocreate on and binds 127.0.0.1 unless told otherwise.
 """
 
@@ -19,7 +22,8 @@ from typing import Any
 
 import trio
 
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, load_settings
+from .logs import configure_logging
 from .server import run_server
 
 logger = logging.getLogger("trickle_trio")
@@ -27,6 +31,7 @@ logger = logging.getLogger("trickle_trio")
 
 def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run a trickle server")
+    serve.add_argument("-c", "--config", help="TOML settings file (also TRICKLE_CONFIG)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 2939; 0 = any)")
     serve.add_argument("--base-path", help="path prefix of every route (default /)")
@@ -46,71 +51,82 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--sweep-interval", type=float, help="seconds between idle sweeps")
     serve.add_argument("--certfile", help="TLS certificate (PEM)")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
-    serve.add_argument("--access-log", help="hypercorn access log target ('-' = stderr)")
-    serve.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    serve.add_argument("--access-log", help="access log target ('-' = stderr; off by default)")
+    serve.add_argument("--log-level", help="debug, info, warning, error (default info)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trickle-trio", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    status = sub.add_parser("status", help="list a server's channels")
+    status.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:2939")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment first, then flags; a standalone server autocreates by default."""
-    overrides: dict[str, Any] = {}
-    for name in (
-        "host",
-        "port",
-        "base_path",
-        "autocreate",
-        "changefeed",
-        "idle_timeout",
-        "sweep_interval",
-        "certfile",
-        "keyfile",
-        "access_log",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
-    settings = Settings.from_env(**overrides)
-    if args.autocreate is None and "TRICKLE_AUTOCREATE" not in __import__("os").environ:
+_FLAGS = (
+    "host",
+    "port",
+    "base_path",
+    "autocreate",
+    "changefeed",
+    "idle_timeout",
+    "sweep_interval",
+    "certfile",
+    "keyfile",
+    "access_log",
+    "log_level",
+    "log_format",
+)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
+    """Defaults < file < environment < flags; a standalone server autocreates by default."""
+    flags = {name: getattr(args, name) for name in _FLAGS}
+    settings, sources = load_settings(flags=flags, config_file=args.config)
+    if "autocreate" not in sources:
         settings = settings.replace(autocreate=True)
-    return settings
+        sources["autocreate"] = "serve default"
+    return settings, sources
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings, sources = settings_from_args(args)
+    configure_logging(settings)
     scheme = "https" if settings.certfile else "http"
     logger.info(
-        "trickle-trio serving %s://%s:%d%s autocreate=%s changefeed=%s idle_timeout=%s",
+        "trickle-trio serving %s://%s:%d%s autocreate=%s changefeed=%s",
         scheme,
         settings.host,
         settings.port,
         settings.base_path,
         "on" if settings.autocreate else "off",
         "on" if settings.changefeed else "off",
-        settings.idle_timeout,
     )
+    for line in settings.describe(sources):
+        logger.info("setting %s", line)
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         logger.info("bound to loopback only; use --host 0.0.0.0 to serve other machines")
     trio.run(partial(run_server, settings))
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .status import show_status
+
+    return trio.run(show_status, args.url, args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "status":
+            return _status(args)
     except SettingsError as exc:
         print(f"trickle-trio: {exc}", file=sys.stderr)
         return 2

@@ -1,16 +1,24 @@
-"""Settings: every knob of the server in one frozen dataclass, plus ``from_env``.
+"""Settings: every knob of the server in one frozen dataclass, and where each came from.
+
+Sources, lowest precedence first: the defaults below; a TOML file (``--config FILE`` or
+``TRICKLE_CONFIG=FILE``; top-level keys are the field names, e.g. ``port = 8080``);
+``TRICKLE_<FIELD>`` environment variables (``TRICKLE_PORT=8080``,
+``TRICKLE_AUTOCREATE=1``); command-line flags. The same sources drive ``trickle-trio
+serve`` and the plain ``hypercorn trickle_trio.asgi:app`` deployment (which has no
+flags of its own). :func:`load_settings` returns the settings and the source of each,
+and :meth:`Settings.describe` prints them with secrets masked.
 
 Imports nothing from the package, so that every layer (and the clients) may use it.
-Environment variables are ``TRICKLE_<FIELD>`` in upper case, e.g. ``TRICKLE_PORT=8080``,
-``TRICKLE_AUTOCREATE=1``, ``TRICKLE_BASE_PATH=/trickle/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: A before-create / before-delete hook: ``hook(request, channel_name)``. It may be sync
@@ -52,8 +60,12 @@ class Settings:
     #: TLS certificate and key (PEM); both or neither.
     certfile: str | None = None
     keyfile: str | None = None
-    #: Hypercorn access log ("-" = stderr); None disables it.
+    #: Hypercorn access log ("-" = stderr); None (the default) disables it.
     access_log: str | None = None
+    #: Log level of the server's own log lines: debug, info, warning, error.
+    log_level: str = "info"
+    #: ``text`` (key=value lines) or ``json`` (one JSON object per line).
+    log_format: str = "text"
     #: Hooks, only settable from Python (not from the environment).
     before_create: Hook | None = field(default=None, compare=False, repr=False)
     before_delete: Hook | None = field(default=None, compare=False, repr=False)
@@ -66,6 +78,10 @@ class Settings:
                 raise SettingsError(f"{name} must be > 0, not {getattr(self, name)}")
         if (self.certfile is None) != (self.keyfile is None):
             raise SettingsError("certfile and keyfile must be given together")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise SettingsError(f"log_level must be debug/info/warning/error, not {self.log_level}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"log_format must be text or json, not {self.log_format}")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (validated again)."""
@@ -73,22 +89,105 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``TRICKLE_*`` variables, then ``overrides`` on top.
+        """Settings from the config file and ``TRICKLE_*`` variables, ``overrides`` on top.
 
         Raises:
-            SettingsError: a variable does not parse.
+            SettingsError: a value does not parse.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name in ("before_create", "before_delete"):
-                continue
-            raw = env.get(f"TRICKLE_{f.name.upper()}")
-            if raw is None:
-                continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
-        values.update(overrides)
-        return cls(**values)
+        return load_settings(environ=environ, flags=overrides)[0]
+
+    def describe(self, sources: Mapping[str, str] | None = None) -> list[str]:
+        """One ``name=value source=...`` line per setting; secrets are masked."""
+        lines = []
+        for f in _settable_fields():
+            value = getattr(self, f.name)
+            shown = "***" if _is_secret(f.name) and value else str(value)
+            source = (sources or {}).get(f.name, "default").replace(" ", ":")
+            lines.append(f"{f.name}={shown or '-'} source={source}")
+        return lines
+
+
+def _settable_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if f.name not in _PYTHON_ONLY]
+
+
+_PYTHON_ONLY = frozenset({"before_create", "before_delete"})
+
+
+def _is_secret(name: str) -> bool:
+    return "token" in name or "secret" in name or "password" in name
+
+
+def load_settings(
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Merge defaults < TOML file < environment < flags; return settings and sources.
+
+    ``config_file`` defaults to ``TRICKLE_CONFIG`` from the environment.
+
+    Raises:
+        SettingsError: a file that can't be read or parsed, an unknown key, a value of
+            the wrong type; the message is one line.
+    """
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in _settable_fields()}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = config_file if config_file is not None else env.get("TRICKLE_CONFIG")
+    if path:
+        for key, value in _read_toml(Path(path)).items():
+            if key not in fields:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, str(fields[key].type), value, f"{path}: {key}")
+            sources[key] = f"file {path}"
+    for name, f in fields.items():
+        raw = env.get(f"TRICKLE_{name.upper()}")
+        if raw is not None:
+            values[name] = _parse(name, str(f.type), raw)
+            sources[name] = f"env TRICKLE_{name.upper()}"
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+            sources[name] = "flag" if name in fields else "python"
+    try:
+        return Settings(**values), sources
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        raise SettingsError(str(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("trickle", data)
+    if not isinstance(section, dict):  # pragma: no cover - tomllib always gives tables
+        raise SettingsError(f"config file {path}: expected a table")
+    return section
+
+
+def _coerce(name: str, type_name: str, value: Any, where: str) -> Any:
+    """Check a TOML value's type against the field's."""
+    expected: tuple[type, ...]
+    if type_name == "bool":
+        expected = (bool,)
+    elif type_name == "int":
+        expected = (int,)
+    elif type_name == "float":
+        expected = (int, float)
+    else:
+        expected = (str,)
+    if isinstance(value, bool) and bool not in expected:
+        raise SettingsError(f"{where} must be a {type_name}, not {value!r}")
+    if not isinstance(value, expected):
+        raise SettingsError(f"{where} must be a {type_name.split(' ')[0]}, not {value!r}")
+    return float(value) if type_name == "float" else value
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

@@ -9,9 +9,12 @@ quart-trio's lifespan nursery, and drains it at shutdown: that is the plain
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -71,11 +74,50 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
             raise RuntimeError("trickle registry not started")
         return state.registry
 
+    reserved = state.reserved
+
     def checked_name(name: str) -> str | None:
         try:
-            return wire.check_channel_name(name)
+            wire.check_channel_name(name)
         except wire.InvalidChannelName:
             return None
+        return None if name in reserved else name
+
+    @app.after_request
+    async def count_errors(response: Response) -> Response:
+        if response.status_code >= 400 and state.registry is not None:
+            state.registry.metrics.responses[response.status_code] += 1
+        return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if state.registry is None:
+            return _plain(503, "not started\n")
+        body = generate_latest(state.registry.metrics.prometheus)
+        return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.get("/_status")
+    async def status() -> Response:
+        registry = channels()
+        now = trio.current_time()
+        listing = [
+            {
+                "channel": channel.name,
+                "mime_type": channel.mime_type,
+                "next_seq": channel.next_write,
+                "subscribers": len(channel.subscribers),
+                "publishers": len(channel.publishers),
+                "bytes": sum(segment.size for segment in channel.window),
+                "age_s": round(now - channel.created_at, 3),
+                "idle_s": round(now - channel.write_time, 3),
+                "closed": channel.closed,
+            }
+            for channel in registry.channels()
+        ]
+        body = {"draining": state.draining, **registry.gauges(), "channels": listing}
+        response = Response(json.dumps(body), status=200)
+        response.headers["Content-Type"] = "application/json"
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

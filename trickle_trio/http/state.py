@@ -6,6 +6,10 @@ from ..channels import ChannelRegistry
 from ..config import Settings
 from ..core import wire
 
+#: Names that can't be channels when the base path is "/": they are the server's own
+#: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
+
 
 class ServerState:
     """Settings plus the registry, which may arrive later (at ASGI lifespan start-up).
@@ -18,5 +22,6 @@ class ServerState:
     def __init__(self, settings: Settings, registry: ChannelRegistry | None = None) -> None:
         self.settings = settings
         self.base_path = wire.normalize_base_path(settings.base_path)
+        self.reserved = RESERVED_NAMES if self.base_path == "/" else frozenset[str]()
         self.registry = registry
         self.draining = False

@@ -64,42 +64,56 @@ class SegmentStreams:
         try:
             seq = wire.parse_seq(route.seq)
         except wire.InvalidSeq:
-            await send_error(send, 400, wire.INVALID_IDX)
+            await self._error(send, 400, wire.INVALID_IDX)
             return
         try:
             name = wire.check_channel_name(route.channel)
         except wire.InvalidChannelName:
-            await send_error(send, 400, "Invalid channel name")
+            await self._error(send, 400, "Invalid channel name")
+            return
+        if name in self.state.reserved:
+            await self._error(send, 400, "Reserved channel name")
             return
         registry = self.state.registry
         if registry is None:
-            await send_error(send, 503, "Server not ready")
+            await self._error(send, 503, "Server not ready")
             return
         if scope["method"] == "GET":
             channel = registry.get(name)
             if channel is None:
-                await send_error(send, 404, wire.STREAM_NOT_FOUND)
+                await self._error(send, 404, wire.STREAM_NOT_FOUND)
                 return
             await serve_subscriber(channel, seq, receive, send, self.state)
             return
 
         if seq < wire.SEQ_NEXT:
-            await send_error(send, 400, wire.INVALID_IDX)
+            await self._error(send, 400, wire.INVALID_IDX)
             return
         channel = registry.get(name)
         if channel is None and self.state.settings.autocreate:
             try:
                 await run_hook(self.state.settings.before_create, hook_request(scope), name)
             except HookFailed as exc:
-                await send_error(send, exc.status, exc.message, [CONNECTION_CLOSE])
+                await self._error(send, exc.status, exc.message, [CONNECTION_CLOSE])
                 return
             channel = registry.create(name, header_value(scope, _CONTENT_TYPE))
         if channel is None:
             # Connection: close wakes up a Go publisher's idle preconnect at once.
-            await send_error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
+            await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
             return
         reset = bool(header_value(scope, b"lp-trickle-reset"))
         await serve_publisher(channel, seq, receive, send, reset=reset)
+
+    async def _error(
+        self,
+        send: ASGISendCallable,
+        status: int,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        if self.state.registry is not None:
+            self.state.registry.metrics.responses[status] += 1
+        await send_error(send, status, message, headers or ())
 
 
 def header_value(scope: Any, name: bytes) -> str:
@@ -215,6 +229,7 @@ async def serve_subscriber(
         seq = wire.resolve_read_seq(seq, channel.next_write)
         await _answer_missing(send, channel, ReadResult(seq, channel.next_write, None))
         return
+    arrived = trio.current_time()
     with lease as scope:
         found = channel.segment_for_read(seq)
         if found.segment is None:
@@ -222,7 +237,7 @@ async def serve_subscriber(
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            await _stream_segment(send, channel, found, scope, state)
+            await _stream_segment(send, channel, found, scope, state, arrived)
             nursery.cancel_scope.cancel()
 
 
@@ -232,6 +247,7 @@ async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadR
     if channel.closed:
         headers.append(CLOSED)
         status = 200
+    channel.metrics.responses[status] += 1
     headers.append((b"content-type", wire.TEXT_PLAIN.encode()))
     await send_response(send, status, wire.ENTRY_NOT_FOUND.encode(), headers)
 
@@ -242,16 +258,21 @@ async def _stream_segment(
     found: ReadResult,
     scope: trio.CancelScope,
     state: ServerState | None,
+    arrived: float,
 ) -> None:
     segment = found.segment
     assert segment is not None
+    metrics = channel.metrics
     started = False
     index = 0
     with scope:
         while chunks := await segment.wait_chunks(index):
             index += len(chunks)
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            metrics.bytes_out += len(data)
             if not started:
+                metrics.time_to_first_byte.observe(trio.current_time() - arrived)
+                metrics.responses[200] += 1
                 headers = [header(wire.SEQ_HEADER, segment.seq)]
                 if found.latest != segment.seq:
                     headers.append(header(wire.LATEST_HEADER, found.latest))
