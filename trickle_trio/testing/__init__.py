@@ -12,6 +12,9 @@ tests with ``@pytest.mark.trio``). Fixtures:
 - ``trickle_server``: a real hypercorn server on 127.0.0.1 and an ephemeral port, a
   :class:`~trickle_trio.server.RunningServer` (``.url``, ``.registry``); drained and
   stopped after the test.
+- ``trickle_channel_url``, ``trickle_publisher``, ``trickle_subscriber``,
+  ``trickle_clients``: a connected client publisher/subscriber pair on a fresh channel
+  of ``trickle_server`` (see :mod:`trickle_trio.testing.clients`).
 
 Without pytest: ``async with open_server(settings) as server: ...``.
 """
@@ -29,16 +32,28 @@ from ..config import Settings
 from ..http.app import create_app
 from ..server import RunningServer, open_server
 from .asgi import Exchange, Response, open_exchange
+from .clients import (
+    ClientPair,
+    trickle_channel_url,
+    trickle_clients,
+    trickle_publisher,
+    trickle_subscriber,
+)
 
 __all__ = [
+    "ClientPair",
     "Exchange",
     "Response",
     "open_exchange",
     "open_server",
     "trickle_app",
+    "trickle_channel_url",
+    "trickle_clients",
+    "trickle_publisher",
     "trickle_registry",
     "trickle_server",
     "trickle_settings",
+    "trickle_subscriber",
 ]
 
 

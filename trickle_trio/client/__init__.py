@@ -1,0 +1,67 @@
+"""Trio clients for trickle: a publisher and a subscriber over HTTP/1.1 (h11, full duplex).
+
+    async with open_publisher(url, mime_type="video/mp2t") as pub:
+        async with pub.segment() as seg:
+            await seg.send(chunk)
+
+    async with open_subscriber(url, start=-1) as sub:
+        async for segment in sub:
+            async for chunk in segment:
+                ...
+
+In-process twins with the same API (no HTTP) live in :mod:`trickle_trio.client.local`.
+
+Imports (this package, except ``local`` and ``cli``): stdlib, trio, h11,
+``trickle_trio.core`` and ``trickle_trio.config`` only.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import (
+    ChannelClosedError,
+    ChannelNotFoundError,
+    HTTPError,
+    SegmentNotFoundError,
+    TrickleError,
+)
+from .http import (
+    Headers,
+    Response,
+    ResponseHead,
+    Timeouts,
+    Transport,
+    TransportError,
+    TransportStats,
+    TransportTimeout,
+    make_ssl_context,
+)
+from .publisher import Publisher, PublisherSegment, SegmentWriteError, open_publisher
+from .stats import PublisherStats, SubscriberStats
+from .subscriber import OnGap, Subscriber, SubscriberSegment, open_subscriber
+
+__all__ = [
+    "ChannelClosedError",
+    "ChannelNotFoundError",
+    "HTTPError",
+    "Headers",
+    "OnGap",
+    "Publisher",
+    "PublisherSegment",
+    "PublisherStats",
+    "Response",
+    "ResponseHead",
+    "SegmentNotFoundError",
+    "SegmentWriteError",
+    "Subscriber",
+    "SubscriberSegment",
+    "SubscriberStats",
+    "Timeouts",
+    "Transport",
+    "TransportError",
+    "TransportStats",
+    "TransportTimeout",
+    "TrickleError",
+    "make_ssl_context",
+    "open_publisher",
+    "open_subscriber",
+]

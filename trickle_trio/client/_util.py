@@ -1,0 +1,68 @@
+"""Helpers shared by the client modules: exception groups, header ints, answer errors.
+
+Imports: stdlib, trio and ``trickle_trio.core``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import trio
+
+from ..core import wire
+from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one error a nursery's exception group stands for, or None to re-raise the group.
+
+    ``Cancelled`` leaves are ignored (they are how the other tasks were stopped). What is
+    left must be one exception, or several trickle errors of the same class (the same
+    answer seen by a background task and by the caller's own call); the first is returned.
+    """
+    errors = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
+    if not errors:
+        return None
+    first = errors[0]
+    if len(errors) == 1:
+        return first
+    if isinstance(first, TrickleError) and all(type(e) is type(first) for e in errors):
+        return first
+    return None
+
+
+def header_int(headers: Mapping[str, str], name: str, default: int) -> int:
+    """An integer header, or ``default`` if it is missing or not an integer."""
+    value = headers.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value.strip())
+    except ValueError:
+        return default
+
+
+def answer_error(
+    url: str, status: int, headers: Mapping[str, str], body: bytes
+) -> TrickleError | None:
+    """The error a trickle answer stands for, or None for a plain success.
+
+    ``Lp-Trickle-Closed`` -> :class:`ChannelClosedError` (whatever the status); 404 ->
+    :class:`ChannelNotFoundError`; any other status >= 400 -> :class:`HTTPError`.
+    ``url`` names the channel in the message.
+    """
+    if wire.CLOSED_HEADER in headers:
+        return ChannelClosedError(url)
+    if status == 404:
+        return ChannelNotFoundError(url)
+    if status >= 400:
+        return HTTPError(status, body)
+    return None

@@ -1,0 +1,701 @@
+"""Full-duplex HTTP/1.1 for the trickle clients: h11 over trio streams, TLS, a small pool.
+
+Rules of this file:
+
+1. A connection carries one request at a time (no pipelining). An :class:`Exchange` owns
+   its connection until :meth:`Exchange.aclose`; only an exchange that finished cleanly
+   in both directions, with keep-alive, hands the connection back to the pool.
+2. Full duplex: one task may write the request body while another reads the response. A
+   final response that arrives while the body is still open (an early 404 or
+   ``Lp-Trickle-Closed`` to an idle preconnect) is seen at once; a write in progress is
+   cancelled and later writes raise :class:`ResponseArrived`.
+3. Deadlines are per phase and belong to the caller (:class:`Timeouts`): connect, first
+   byte (counted from the *end* of the request body, so an idle preconnect never times
+   out), between chunks, and each write. ``None`` means no deadline.
+4. The pool is bounded: at most ``max_idle`` idle connections per origin, each dropped
+   after ``keepalive_expiry`` seconds or as soon as it turns readable (the server closed
+   it); at most ``max_connections`` open connections in all.
+
+Imports: stdlib, trio, h11 and ``trickle_trio.core``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+import ssl
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final, Self
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from ..core.errors import TrickleError
+
+__all__ = [
+    "Exchange",
+    "Headers",
+    "Origin",
+    "Response",
+    "ResponseArrived",
+    "ResponseHead",
+    "Timeouts",
+    "Transport",
+    "TransportError",
+    "TransportStats",
+    "TransportTimeout",
+    "make_ssl_context",
+    "split_url",
+]
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT: Final = "trickle-trio"
+_RECEIVE_SIZE: Final = 65536
+#: Bodies of small answers (errors, ``/next``) are read up to this size.
+MAX_SMALL_BODY: Final = 64 * 1024
+
+
+class TransportError(TrickleError):
+    """The connection failed: refused, reset, TLS handshake, or a malformed response."""
+
+
+class TransportTimeout(TransportError):
+    """A per-phase deadline of :class:`Timeouts` passed.
+
+    Attributes:
+        phase: ``"connect"``, ``"first_byte"``, ``"between_chunks"`` or ``"write"``.
+        url: the request's URL.
+    """
+
+    def __init__(self, phase: str, url: str) -> None:
+        super().__init__(f"{phase} timeout: {url}")
+        self.phase = phase
+        self.url = url
+
+
+class ResponseArrived(TransportError):
+    """The server answered while the request body was still open; the body is over."""
+
+    def __init__(self, head: ResponseHead, url: str) -> None:
+        super().__init__(f"{url}: answered {head.status} before the request body ended")
+        self.head = head
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-phase deadlines in seconds; ``None`` = wait as long as it takes.
+
+    Attributes:
+        connect: TCP connect plus TLS handshake (and waiting for a free connection slot).
+        first_byte: from the end of the request body to the response head. A preconnected
+            POST whose body is still idle is never subject to it.
+        between_chunks: between two chunks of a response body.
+        write: for one chunk of a request body to be accepted (the server reads slowly).
+    """
+
+    connect: float | None = 10.0
+    first_byte: float | None = None
+    between_chunks: float | None = None
+    write: float | None = None
+
+
+class Headers(Mapping[str, str]):
+    """Response headers, looked up case-insensitively; a repeated name keeps its last value.
+
+    ``raw`` keeps every ``(name, value)`` pair as received.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self.raw = list(items)
+        self._map = {name.lower(): value for name, value in self.raw}
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    """Status line and headers of a final response (1xx are skipped)."""
+
+    status: int
+    reason: str
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole (small) response, from :meth:`Transport.request`."""
+
+    head: ResponseHead
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    @property
+    def headers(self) -> Headers:
+        return self.head.headers
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where connections go: scheme, host and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def split_url(url: str) -> tuple[Origin, str]:
+    """``"http://h:1/a/b?q"`` -> ``(Origin("http", "h", 1), "/a/b?q")``.
+
+    Raises:
+        ValueError: not an absolute http or https URL.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return Origin(scheme, parts.hostname, port), target
+
+
+def make_ssl_context(*, insecure: bool = False, cafile: str | None = None) -> ssl.SSLContext:
+    """A client TLS context: certificates verified unless ``insecure``; HTTP/1.1 by ALPN.
+
+    Args:
+        insecure: accept any certificate (orchestrators with self-signed certificates).
+        cafile: PEM file of extra trusted CAs.
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and not str(exc):
+        text = str(cause) or type(cause).__name__
+    return text
+
+
+@contextmanager
+def _translated(url: str) -> Iterator[None]:
+    """Socket, TLS and HTTP parsing failures -> :class:`TransportError`."""
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError) as exc:
+        raise TransportError(f"{url}: {_describe(exc)}") from exc
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    return None
+
+
+class _Connection:
+    """One h11 client connection on a trio stream (TCP or TLS)."""
+
+    __slots__ = ("_release", "h11", "idle_since", "origin", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, origin: Origin, release: trio.Semaphore) -> None:
+        self.stream = stream
+        self.origin = origin
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+        self._release: trio.Semaphore | None = release
+
+    async def send(self, event: h11.Request | h11.Data | h11.EndOfMessage) -> None:
+        for piece in self.h11.send_with_data_passthrough(event) or ():
+            await self.stream.send_all(piece)
+
+    async def receive_event(self) -> object:
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                self.h11.receive_data(data if isinstance(data, bytes) else bytes(data))
+                continue
+            return event
+
+    def dropped_while_idle(self) -> bool:  # sync on purpose
+        """True if the peer closed (or wrote to) this idle connection."""
+        sock = _socket_of(self.stream)
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    async def aclose(self) -> None:
+        """Close at once (no TLS close_notify wait); safe to call twice."""
+        if self._release is not None:
+            self._release.release()
+            self._release = None
+        await trio.aclose_forcefully(self.stream)
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    """Connection counts of a :class:`Transport`."""
+
+    connections_opened: int
+    connections_reused: int
+    connections_open: int
+    connections_idle: int
+
+
+class Transport:
+    """HTTP/1.1 connections for trickle clients: TLS, per-phase deadlines, a bounded pool.
+
+    One transport may be shared by several publishers and subscribers of one trio run.
+    ``async with Transport() as transport:`` closes its idle connections at the end.
+
+    Args:
+        timeouts: per-phase deadlines (see :class:`Timeouts`).
+        ssl_context: TLS context for ``https`` URLs (default: :func:`make_ssl_context`).
+        insecure: accept any server certificate (only without ``ssl_context``).
+        max_idle: idle connections kept per origin.
+        max_connections: open connections in all; opening one more first closes an idle
+            one, else waits (counted in the connect deadline).
+        keepalive_expiry: seconds an idle connection is kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        insecure: bool = False,
+        max_idle: int = 4,
+        max_connections: int = 64,
+        keepalive_expiry: float = 4.0,
+    ) -> None:
+        if ssl_context is not None and insecure:
+            raise ValueError("give either ssl_context or insecure=True, not both")
+        self.timeouts = timeouts or Timeouts()
+        self._ssl_context = ssl_context
+        self._insecure = insecure
+        self._max_idle = max_idle
+        self._keepalive_expiry = keepalive_expiry
+        self._slots = trio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._opened = 0
+        self._reused = 0
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = make_ssl_context(insecure=self._insecure)
+        return self._ssl_context
+
+    def statistics(self) -> TransportStats:
+        idle = sum(len(conns) for conns in self._idle.values())
+        return TransportStats(
+            connections_opened=self._opened,
+            connections_reused=self._reused,
+            connections_open=self._max_connections - self._slots.value,
+            connections_idle=idle,
+        )
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        content_length: int | None = 0,
+        fresh: bool = False,
+    ) -> Exchange:
+        """Send a request head and return the exchange, its body still to be written.
+
+        Args:
+            content_length: ``0`` = no body (the request is complete at once); ``None`` =
+                a streaming body (chunked), written with :meth:`Exchange.send` and ended
+                with :meth:`Exchange.end`; ``n`` = exactly ``n`` bytes will follow.
+            fresh: never reuse a pooled connection (a retry after a failure).
+
+        Raises:
+            TransportError, TransportTimeout: connecting or sending the head failed.
+        """
+        origin, target = split_url(url)
+        conn = None if fresh else await self._checkout(origin)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(origin, url)
+        all_headers = [("Host", origin.host_header), ("User-Agent", USER_AGENT), *headers]
+        if content_length is None:
+            all_headers.append(("Transfer-Encoding", "chunked"))
+        elif content_length or method not in ("GET", "HEAD", "DELETE"):
+            all_headers.append(("Content-Length", str(content_length)))
+        exchange = Exchange(self, conn, url, reused=reused)
+        request = h11.Request(method=method, target=target, headers=all_headers)
+        try:
+            await exchange._write(request)
+            if content_length == 0:
+                await exchange.end()
+        except BaseException:
+            await exchange.aclose()
+            raise
+        return exchange
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        max_body: int = MAX_SMALL_BODY,
+    ) -> Response:
+        """One whole request and its whole (small) response.
+
+        A pooled connection that turns out dead before any answer is retried once on a
+        fresh one. The body is read up to ``max_body`` bytes.
+
+        Raises:
+            TransportError, TransportTimeout.
+        """
+        for attempt in (1, 2):
+            exchange = await self.open(method, url, headers, content_length=len(body))
+            try:
+                if body:
+                    await exchange.send(body)
+                    await exchange.end()
+                head = await exchange.read_head()
+                data = await exchange.read_body(max_body)
+                return Response(head, data)
+            except TransportTimeout:
+                raise
+            except TransportError:
+                if attempt == 2 or not exchange.reused or exchange.head is not None:
+                    raise
+                logger.debug("stale pooled connection, retrying url=%s", url)
+            finally:
+                await exchange.aclose()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        """Close every idle connection; connections in use close with their exchange."""
+        self._closed = True
+        idle = [conn for conns in self._idle.values() for conn in conns]
+        self._idle.clear()
+        for conn in idle:
+            await conn.aclose()
+
+    # -- the pool ---------------------------------------------------------------------------
+
+    async def _checkout(self, origin: Origin) -> _Connection | None:
+        conns = self._idle.get(origin)
+        now = trio.current_time()
+        while conns:
+            conn = conns.pop()
+            if now - conn.idle_since > self._keepalive_expiry or conn.dropped_while_idle():
+                await conn.aclose()
+                continue
+            self._reused += 1
+            return conn
+        await trio.lowlevel.checkpoint()
+        return None
+
+    async def _checkin(self, conn: _Connection) -> None:
+        if self._closed:
+            await conn.aclose()
+            return
+        conn.idle_since = trio.current_time()
+        conns = self._idle.setdefault(conn.origin, deque())
+        conns.append(conn)
+        while len(conns) > self._max_idle:
+            await conns.popleft().aclose()
+        await trio.lowlevel.checkpoint()
+
+    async def _make_room(self) -> None:
+        """Close the oldest idle connection if every slot is taken."""
+        if self._slots.value == 0:
+            oldest: deque[_Connection] | None = None
+            for conns in self._idle.values():
+                if conns and (oldest is None or conns[0].idle_since < oldest[0].idle_since):
+                    oldest = conns
+            if oldest is not None:
+                await oldest.popleft().aclose()
+        await trio.lowlevel.checkpoint()
+
+    async def _connect(self, origin: Origin, url: str) -> _Connection:
+        timeout = self.timeouts.connect
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            await self._make_room()
+            await self._slots.acquire()
+            try:
+                with _translated(url):
+                    stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
+                    if origin.scheme == "https":
+                        tls = trio.SSLStream(
+                            stream,
+                            self.ssl_context,
+                            server_hostname=origin.host,
+                            https_compatible=True,
+                        )
+                        try:
+                            await tls.do_handshake()
+                        except BaseException:
+                            await trio.aclose_forcefully(stream)
+                            raise
+                        stream = tls
+            except BaseException:
+                self._slots.release()
+                raise
+            self._opened += 1
+            return _Connection(stream, origin, self._slots)
+        assert scope.cancelled_caught
+        raise TransportTimeout("connect", url)
+
+
+class Exchange:
+    """One request and its response on one connection, both streamed.
+
+    Concurrency: one task at a time may write (:meth:`send`, :meth:`end`) and one task at
+    a time may read (:meth:`read_head`, :meth:`read_chunk`); the two may overlap.
+    Cancelling a read or a write in the middle leaves the connection unusable: it is
+    closed (not pooled) by :meth:`aclose`.
+    """
+
+    def __init__(self, transport: Transport, conn: _Connection, url: str, *, reused: bool) -> None:
+        self.url = url
+        self.reused = reused
+        #: The final response's head, once it has arrived.
+        self.head: ResponseHead | None = None
+        #: True if the final response arrived before the request body ended.
+        self.early = False
+        self._transport = transport
+        self._conn = conn
+        self._timeouts = transport.timeouts
+        self._body_ended_at: float | None = None
+        self._head_scope: trio.CancelScope | None = None
+        self._write_scope: trio.CancelScope | None = None
+        self._writing_clean = True
+        self._reading_clean = True
+        self._response_done = False
+        self._closed = False
+
+    @property
+    def body_ended(self) -> bool:
+        """The request body was ended (:meth:`end` returned)."""
+        return self._body_ended_at is not None
+
+    @property
+    def response_done(self) -> bool:
+        """The whole response body has been read."""
+        return self._response_done
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        """Write one chunk of the request body.
+
+        Raises:
+            ResponseArrived: the server already answered; the body cannot go on.
+            TransportTimeout: the ``write`` deadline passed.
+            TransportError: the connection broke.
+
+        Cancellation: the chunk may be half-written; the connection will not be reused.
+        """
+        if data:
+            await self._write(h11.Data(data=data))
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def end(self) -> None:
+        """End the request body; the ``first_byte`` deadline starts now. Same errors as send."""
+        await self._write(h11.EndOfMessage())
+        self._body_ended_at = trio.current_time()
+        self._set_head_deadline()
+
+    async def _write(self, event: h11.Request | h11.Data | h11.EndOfMessage) -> None:
+        if self.head is not None:
+            raise ResponseArrived(self.head, self.url)
+        if self._closed or not self._writing_clean:
+            raise TransportError(f"{self.url}: request already failed or closed")
+        # A cancellation that lands before the first byte leaves the connection clean.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._writing_clean = False
+        timeout = self._timeouts.write
+        with trio.CancelScope() as scope:
+            if timeout is not None:
+                scope.deadline = trio.current_time() + timeout
+            self._write_scope = scope
+            try:
+                with _translated(self.url):
+                    await self._conn.send(event)
+            except TransportError:
+                if self.head is not None:
+                    raise ResponseArrived(self.head, self.url) from None
+                raise
+            finally:
+                self._write_scope = None
+        if scope.cancelled_caught:
+            if self.head is not None:
+                raise ResponseArrived(self.head, self.url)
+            raise TransportTimeout("write", self.url)
+        self._writing_clean = True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _set_head_deadline(self) -> None:  # sync on purpose
+        timeout = self._timeouts.first_byte
+        if self._head_scope is not None and self._body_ended_at is not None and timeout is not None:
+            self._head_scope.deadline = self._body_ended_at + timeout
+
+    async def read_head(self) -> ResponseHead:
+        """Wait for the final response's status line and headers (1xx are skipped).
+
+        A final response that comes while the body is still open cancels the write in
+        progress (full duplex: the early answer is seen at once).
+
+        Raises:
+            TransportTimeout: ``first_byte`` passed since the body ended.
+            TransportError: the connection broke or the response is malformed.
+        """
+        if self.head is not None:
+            await trio.lowlevel.checkpoint()
+            return self.head
+        self._reading_clean = False
+        response: h11.Response | None = None
+        with trio.CancelScope() as scope:
+            self._head_scope = scope
+            self._set_head_deadline()
+            try:
+                with _translated(self.url):
+                    while response is None:
+                        event = await self._conn.receive_event()
+                        if isinstance(event, h11.Response):
+                            response = event
+                        elif not isinstance(event, h11.InformationalResponse):
+                            # (1xx are skipped: the reference's 100 Continue keepalives)
+                            raise TransportError(
+                                f"{self.url}: connection closed before the response"
+                            )
+            finally:
+                self._head_scope = None
+        if response is None:
+            raise TransportTimeout("first_byte", self.url)
+        self._reading_clean = True
+        self.head = ResponseHead(
+            status=response.status_code,
+            reason=response.reason.decode("latin-1"),
+            headers=Headers(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in response.headers.raw_items()
+            ),
+        )
+        if not self.body_ended:
+            self.early = True
+            if self._write_scope is not None:
+                self._write_scope.cancel()
+        return self.head
+
+    async def read_chunk(self) -> bytes:
+        """The next chunk of the response body; ``b""`` once it has ended.
+
+        Raises:
+            TransportTimeout: ``between_chunks`` passed without a chunk.
+            TransportError: the connection broke mid-body.
+        """
+        await self.read_head()
+        if self._response_done:
+            return b""
+        self._reading_clean = False
+        timeout = self._timeouts.between_chunks
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            with _translated(self.url):
+                while True:
+                    event = await self._conn.receive_event()
+                    if isinstance(event, h11.Data):
+                        if event.data:
+                            self._reading_clean = True
+                            return bytes(event.data)
+                        continue
+                    if isinstance(event, h11.EndOfMessage):
+                        self._reading_clean = True
+                        self._response_done = True
+                        return b""
+                    raise TransportError(f"{self.url}: connection closed mid-response")
+        raise TransportTimeout("between_chunks", self.url)
+
+    async def read_body(self, limit: int = MAX_SMALL_BODY) -> bytes:
+        """The rest of the response body, up to ``limit`` bytes (the rest is dropped)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := await self.read_chunk()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)[:limit]
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _reusable(self) -> bool:
+        state = self._conn.h11
+        return (
+            self._writing_clean
+            and self._reading_clean
+            and self._response_done
+            and state.our_state is h11.DONE
+            and state.their_state is h11.DONE
+        )
+
+    async def aclose(self) -> None:
+        """Hand the connection back to the pool if the exchange finished cleanly, else
+        close it. Safe to call twice, and from another task than a pending read or
+        write (which then fails with :class:`TransportError`)."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if self._reusable():
+            self._conn.h11.start_next_cycle()
+            await self._transport._checkin(self._conn)
+        else:
+            await self._conn.aclose()

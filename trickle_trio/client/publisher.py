@@ -1,0 +1,705 @@
+"""The trickle publisher over HTTP: one preconnected POST per segment.
+
+How it runs (the shape of go-livepeer's ``trickle_publisher.go`` and of the official
+Python SDK, on trio):
+
+- :func:`open_publisher` owns a nursery. Every POST is a :class:`_Post` whose task
+  connects, sends the request head, then waits for the answer. The answer is read while
+  the body is still open, so a 404, ``Lp-Trickle-Closed`` or 4xx sent to an *idle*
+  preconnect is seen the moment it arrives.
+- The publisher always holds one preconnect: the POST for the next seq, its body open
+  and idle. :meth:`Publisher.next` hands it out as a :class:`PublisherSegment` and
+  preconnects seq + 1 at once.
+- A terminal answer (404, ``Lp-Trickle-Closed``, another 4xx) to the idle preconnect
+  fails the publisher at once: its task raises, the caller's ``async with`` block is
+  cancelled and the error comes out of :func:`open_publisher`, unwrapped from the
+  exception group. Answers to a segment in use are raised by that segment's methods.
+- Closing follows go-livepeer PR #3824: every segment whose body was handed over is
+  acknowledged, then ``DELETE {url}``, and only then is the idle preconnect let go.
+
+Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Self
+
+import trio
+
+from ..core import wire
+from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
+from ._util import answer_error, header_int, single_error
+from .http import Exchange, ResponseArrived, ResponseHead, Timeouts, Transport, TransportError
+from .stats import PublisherCounts, PublisherStats
+
+__all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentWriteError(TrickleError):
+    """A segment could not be written: its connection broke, or the server closed the
+    segment before its body ended (a reset, an eviction, ``DELETE {url}/{seq}``).
+
+    Writing the segment again (:meth:`PublisherSegment.write`) re-POSTs the same seq on
+    a fresh connection.
+
+    Attributes:
+        seq: the segment's seq.
+        url: the channel URL.
+    """
+
+    def __init__(self, seq: int, url: str, reason: str) -> None:
+        super().__init__(f"segment {seq} of {url}: {reason}")
+        self.seq = seq
+        self.url = url
+
+
+def is_terminal(error: BaseException) -> bool:
+    """Errors no retry can fix: the channel is gone or closed, or a 4xx answer."""
+    if isinstance(error, ChannelNotFoundError | ChannelClosedError):
+        return True
+    return isinstance(error, HTTPError) and 400 <= error.status < 500
+
+
+class _Post:
+    """One POST of one segment: its exchange, and the answer its task reads."""
+
+    __slots__ = (
+        "answered",
+        "bytes_sent",
+        "claimed",
+        "error",
+        "exchange",
+        "fresh",
+        "opened",
+        "reset",
+        "scope",
+        "seq",
+    )
+
+    def __init__(self, seq: int, *, reset: bool, fresh: bool) -> None:
+        self.seq = seq
+        self.reset = reset
+        self.fresh = fresh
+        self.exchange: Exchange | None = None
+        #: Set once the request head is out (``exchange`` is set) or opening failed.
+        self.opened = trio.Event()
+        #: Set once the outcome is known: ``error is None`` means acknowledged.
+        self.answered = trio.Event()
+        self.error: TrickleError | None = None
+        self.claimed = False
+        self.bytes_sent = 0
+        self.scope = trio.CancelScope()
+
+    @property
+    def body_ended(self) -> bool:
+        return self.exchange is not None and self.exchange.body_ended
+
+
+_OPEN, _DONE, _FAILED, _DROPPED = "open", "done", "failed", "dropped"
+
+
+class PublisherSegment:
+    """One segment being published. Get one from :meth:`Publisher.next` or
+    ``async with publisher.segment() as seg``.
+
+    Write it chunk by chunk (:meth:`send`, then :meth:`aclose`) or whole (:meth:`write`).
+    As an async context manager: a normal exit ends the body and waits for the
+    acknowledgement; an exception drops the segment (:meth:`drop`) and propagates.
+
+    Attributes:
+        seq: the segment's seq, known before any byte is written.
+    """
+
+    def __init__(self, publisher: Publisher, post: _Post) -> None:
+        self.seq = post.seq
+        self._publisher = publisher
+        self._post = post
+        self._state = _OPEN
+        self._error: TrickleError | None = None
+        self._used = False
+        self._auto_retried = False
+
+    @property
+    def url(self) -> str:
+        """``{channel url}/{seq}``."""
+        return f"{self._publisher.url}/{self.seq}"
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes handed to the connection by the current POST of this segment."""
+        return self._post.bytes_sent
+
+    def __repr__(self) -> str:
+        return f"<PublisherSegment {self.url} {self._state} bytes={self._post.bytes_sent}>"
+
+    async def __aenter__(self) -> Self:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.aclose()
+            return
+        with trio.move_on_after(self._publisher.close_timeout, shield=True):
+            await self.drop()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        """Stream one chunk into the segment; subscribers can read it at once.
+
+        Raises:
+            ChannelNotFoundError, ChannelClosedError, HTTPError: the server's answer,
+                even one that came while the POST was idle.
+            SegmentWriteError: the connection broke or the server closed this segment;
+                :meth:`write` re-POSTs it.
+
+        Cancellation: the chunk may be half-sent; the segment then fails on its next use
+            (drop it, or write it again).
+        """
+        self._check_open()
+        self._used = True
+        post = await self._ready_post()
+        if not data:
+            return
+        exchange = post.exchange
+        assert exchange is not None
+        try:
+            await exchange.send(data)
+        except TransportError as exc:
+            failure = exc
+        else:
+            post.bytes_sent += len(data)
+            self._publisher._counts.bytes_submitted_to_transport += len(data)
+            return
+        raise await self._failed(post, failure)
+
+    async def aclose(self) -> None:
+        """End the body and wait for the server's acknowledgement (a segment of zero bytes
+        is a valid empty segment). Returns at once if already acknowledged.
+
+        Raises: as :meth:`send`.
+
+        Cancellation: once the body has ended, the publisher's close still waits for the
+            acknowledgement before it deletes the channel.
+        """
+        if self._state in (_DONE, _DROPPED):
+            await trio.lowlevel.checkpoint()
+            return
+        self._check_open()
+        self._used = True
+        post = await self._ready_post()
+        exchange = post.exchange
+        assert exchange is not None
+        if not exchange.body_ended:
+            failure: TransportError | None = None
+            try:
+                await exchange.end()
+            except TransportError as exc:
+                failure = exc
+            if failure is not None:
+                raise await self._failed(post, failure)
+        await post.answered.wait()
+        if post.error is not None:
+            raise self._fail(post.error)
+        self._state = _DONE
+        counts = self._publisher._counts
+        counts.segments_completed += 1
+        if post.bytes_sent == 0:
+            counts.empty_segments_completed += 1
+
+    async def write(self, data: bytes | AsyncIterable[bytes]) -> None:
+        """Write the whole segment from ``data`` and wait for the acknowledgement.
+
+        Calling it on a segment already (partly) written, typically after a failure,
+        re-POSTs the same seq on a fresh connection first (the reference publisher's
+        rule). A source that raises drops the segment and the error propagates.
+
+        Raises: as :meth:`send`.
+        """
+        if self._state is _DROPPED:
+            raise RuntimeError(f"segment {self.seq} was dropped")
+        if self._used or self._state is not _OPEN:
+            await self._repost()
+        if isinstance(data, bytes | bytearray | memoryview):
+            await self.send(bytes(data))
+        else:
+            source = aiter(data)
+            while True:
+                try:
+                    chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except BaseException:
+                    with trio.move_on_after(self._publisher.close_timeout, shield=True):
+                        await self.drop()
+                    raise
+                await self.send(chunk)
+        await self.aclose()
+
+    async def drop(self) -> None:
+        """Give the segment up: end its body (or cut its connection if a chunk was cut
+        short) and send ``DELETE {url}/{seq}``, so that its subscribers reach its end.
+
+        Network errors are logged, not raised. Safe to call twice.
+        """
+        if self._state in (_DONE, _DROPPED):
+            await trio.lowlevel.checkpoint()
+            return
+        terminal = self._error is not None and is_terminal(self._error)
+        self._state = _DROPPED
+        publisher = self._publisher
+        publisher._counts.segments_dropped += 1
+        await publisher._let_go(self._post)
+        if terminal:
+            return
+        try:
+            response = await publisher._transport.request("DELETE", self.url)
+        except TrickleError as exc:
+            logger.info("segment delete failed url=%s error=%s", self.url, exc)
+            return
+        logger.debug("segment dropped url=%s status=%d", self.url, response.status)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state is _DROPPED:
+            raise RuntimeError(f"segment {self.seq} was dropped")
+        if self._error is not None:
+            raise self._error
+        if self._state is _DONE:
+            raise RuntimeError(f"segment {self.seq} is already complete")
+
+    def _fail(self, error: TrickleError) -> TrickleError:
+        if self._state is not _FAILED:
+            self._state = _FAILED
+            self._publisher._counts.segments_failed += 1
+        self._error = error
+        return error
+
+    async def _ready_post(self) -> _Post:
+        """The POST to write to, once its head is out; one silent re-POST if it failed
+        before any byte of ours (a dead pooled connection, a released preconnect)."""
+        post = self._post
+        await post.opened.wait()
+        if (
+            post.answered.is_set()
+            and post.bytes_sent == 0
+            and not post.body_ended
+            and post.error is not None
+            and not is_terminal(post.error)
+            and not self._auto_retried
+        ):
+            self._auto_retried = True
+            logger.debug("preconnect lost, re-posting url=%s error=%s", self.url, post.error)
+            await self._repost()
+            post = self._post
+            await post.opened.wait()
+        if post.answered.is_set():
+            assert post.error is not None  # a 200 before the body ended is an error too
+            raise self._fail(post.error)
+        return post
+
+    async def _failed(self, post: _Post, failure: TransportError) -> TrickleError:
+        """The error a failed write of ``post`` stands for: the server's answer if it
+        sent one, else a :class:`SegmentWriteError` caused by ``failure``."""
+        exchange = post.exchange
+        if exchange is None or exchange.head is None:
+            post.scope.cancel()  # its reader would wait on a dead connection
+        await post.answered.wait()
+        error = post.error
+        if error is None:
+            error = SegmentWriteError(self.seq, self._publisher.url, str(failure))
+            error.__cause__ = failure
+        return self._fail(error)
+
+    async def _repost(self) -> None:
+        """Replace this segment's POST by a fresh one for the same seq."""
+        old = self._post
+        await self._publisher._let_go(old)
+        self._post = self._publisher._start_post(self.seq, reset=old.reset, fresh=True)
+        self._post.claimed = True
+        self._publisher._counts.post_retries += 1
+        self._state = _OPEN
+        self._error = None
+        self._used = False
+
+
+class _NextSegment:
+    """``async with publisher.segment() as seg``: :meth:`Publisher.next` on entry."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._segment: PublisherSegment | None = None
+
+    async def __aenter__(self) -> PublisherSegment:
+        self._segment = await self._publisher.next()
+        return self._segment
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._segment is not None
+        await self._segment.__aexit__(exc_type, exc, tb)
+
+
+class Publisher:
+    """Publishes the segments of one channel over HTTP. Made by :func:`open_publisher`.
+
+    Attributes:
+        url: the channel URL (``{server}/{channel}``, no trailing slash).
+        mime_type: sent as ``Content-Type`` on every POST and ``Expect-Content`` on create.
+        close_timeout: bound on closing (acknowledgements, DELETE, letting go).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        mime_type: str,
+        *,
+        nursery: trio.Nursery,
+        transport: Transport,
+        start: int = 0,
+        reset: bool = False,
+        delete_on_close: bool = True,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if start < wire.SEQ_NEXT:
+            raise ValueError(f"start must be >= 0 or -1, not {start}")
+        self.url = url.rstrip("/")
+        self.mime_type = mime_type
+        self.close_timeout = close_timeout
+        self._nursery = nursery
+        self._transport = transport
+        self._start_seq = start
+        self._reset = reset
+        self._delete_on_close = delete_on_close
+        self._seq = max(start, 0)
+        self._preconnect: _Post | None = None
+        self._posts: set[_Post] = set()
+        self._failure: TrickleError | None = None
+        self._closing = False
+        self._counts = PublisherCounts()
+        self._opened_at = trio.current_time()
+
+    def __repr__(self) -> str:
+        return f"<Publisher {self.url} next_seq={self._seq}>"
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next segment will get (the preconnect's)."""
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def stats(self) -> PublisherStats:
+        """A snapshot of the counters."""
+        return PublisherStats.of(
+            self._counts,
+            seq=self._seq,
+            elapsed_s=trio.current_time() - self._opened_at,
+            terminal_error=None if self._failure is None else repr(self._failure),
+        )
+
+    async def create(self) -> None:
+        """``POST {url}`` with ``Expect-Content``: create the channel (a no-op if it exists).
+
+        Raises:
+            ChannelNotFoundError: the server does not autocreate (404).
+            HTTPError: another refusal (a before-create hook's 4xx).
+            TransportError: no answer.
+        """
+        response = await self._transport.request(
+            "POST", self.url, [(wire.EXPECT_CONTENT_HEADER, self.mime_type)]
+        )
+        error = answer_error(self.url, response.status, response.headers, response.body)
+        if error is not None:
+            raise error
+
+    async def next(self) -> PublisherSegment:
+        """Hand out the preconnected POST as the next segment; preconnect the one after.
+
+        Raises:
+            ChannelNotFoundError, ChannelClosedError, HTTPError: the publisher failed.
+            RuntimeError: the publisher is closed.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+        post = self._preconnect
+        assert post is not None
+        post.claimed = True
+        self._seq = post.seq + 1
+        self._preconnect = self._start_post(self._seq)
+        self._counts.segments_started += 1
+        return PublisherSegment(self, post)
+
+    def segment(self) -> _NextSegment:
+        """``async with pub.segment() as seg:`` - :meth:`next`, then close or drop."""
+        return _NextSegment(self)
+
+    async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
+        """Publish one whole segment from bytes or an async byte source; return its seq.
+
+        Bytes whose POST failed without an answer are re-POSTed once, same seq, on a
+        fresh connection.
+
+        Raises: as :meth:`PublisherSegment.send`.
+        """
+        segment = await self.next()
+        try:
+            await segment.write(data)
+        except SegmentWriteError:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise
+            await segment.write(data)
+        return segment.seq
+
+    async def aclose(self) -> None:
+        """Close the publisher, in the order of go-livepeer PR #3824.
+
+        1. Segments whose body was handed over are acknowledged (one left open with
+           bytes in it is ended first): closing never loses the last segment.
+        2. ``DELETE {url}`` (unless ``delete_on_close=False`` or the channel is gone).
+        3. Only then is the idle preconnect let go. The other order races a zero-byte
+           segment in front of the DELETE, which a subscriber at -1 then loops on.
+
+        Network errors are logged, not raised. Safe to call twice.
+
+        Cancellation: shielded, bounded by ``close_timeout``.
+        """
+        if self._closing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closing = True
+        with trio.move_on_after(self.close_timeout, shield=True) as scope:
+            for post in list(self._posts):
+                if post.claimed and post.bytes_sent and not post.body_ended:
+                    await self._end_body(post)
+            for post in list(self._posts):
+                if post.body_ended:
+                    await post.answered.wait()
+            if self._delete_on_close and self._failure is None and self._preconnect is not None:
+                await self._delete_channel()
+            for post in list(self._posts):
+                await self._end_body(post)
+            for post in list(self._posts):
+                await post.answered.wait()
+        if scope.cancelled_caught:
+            logger.warning("publisher close overran url=%s posts=%d", self.url, len(self._posts))
+        for post in self._posts:
+            post.scope.cancel()
+        logger.debug("publisher closed url=%s next_seq=%d", self.url, self._seq)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise RuntimeError(f"publisher {self.url} is closed")
+
+    async def _start(self) -> None:
+        """Resolve the first seq and preconnect it."""
+        seq, reset = self._start_seq, self._reset
+        if seq == wire.SEQ_NEXT:
+            # A restarted publisher: continue at the live edge and close what the old one
+            # left half-written (the official SDK's rule).
+            seq, reset = await self._resolve_next(), True
+        self._seq = seq
+        self._preconnect = self._start_post(seq, reset=reset)
+
+    async def _resolve_next(self) -> int:
+        response = await self._transport.request("GET", f"{self.url}/next")
+        if response.status == 404:
+            return 0  # no channel yet: the first POST creates it (or answers 404)
+        error = answer_error(self.url, response.status, response.headers, response.body)
+        if error is not None:
+            raise error
+        try:
+            default = int(response.body.strip() or b"0")
+        except ValueError:
+            default = 0
+        return max(header_int(response.headers, wire.LATEST_HEADER, default), 0)
+
+    def _start_post(self, seq: int, *, reset: bool = False, fresh: bool = False) -> _Post:
+        post = _Post(seq, reset=reset, fresh=fresh)
+        self._posts.add(post)
+        self._nursery.start_soon(self._run_post, post, name=f"trickle POST {self.url}/{seq}")
+        return post
+
+    async def _run_post(self, post: _Post) -> None:
+        """Open the POST, then read its answer; a terminal answer to the idle preconnect
+        is raised here, which fails the whole publisher at once."""
+        counts = self._counts
+        counts.post_attempts += 1
+        headers = [("Content-Type", self.mime_type)] if self.mime_type else []
+        if post.reset:
+            headers.append((wire.RESET_HEADER, "1"))
+        url = f"{self.url}/{post.seq}"
+        try:
+            with post.scope:
+                try:
+                    post.exchange = await self._transport.open(
+                        "POST", url, headers, content_length=None, fresh=post.fresh
+                    )
+                    post.opened.set()
+                    head = await post.exchange.read_head()
+                    body = await post.exchange.read_body()
+                    post.error = self._answer(post, post.exchange, head, body)
+                except TransportError as exc:
+                    counts.post_exceptions += 1
+                    post.error = SegmentWriteError(post.seq, self.url, str(exc))
+                    post.error.__cause__ = exc
+            if post.scope.cancelled_caught and post.error is None:
+                post.error = SegmentWriteError(post.seq, self.url, "POST abandoned")
+        finally:
+            self._posts.discard(post)
+            post.opened.set()
+            post.answered.set()
+            if post.exchange is not None:
+                with trio.CancelScope(shield=True):
+                    await post.exchange.aclose()
+        error = post.error
+        if error is not None and is_terminal(error):
+            if self._failure is None:
+                self._failure = error
+            if not post.claimed and not self._closing:
+                logger.info("publisher failed url=%s error=%s", self.url, error)
+                raise error
+
+    def _answer(
+        self, post: _Post, exchange: Exchange, head: ResponseHead, body: bytes
+    ) -> TrickleError | None:
+        error = answer_error(self.url, head.status, head.headers, body)
+        counts = self._counts
+        if isinstance(error, ChannelNotFoundError):
+            counts.post_404 += 1
+            counts.post_http_failures += 1
+        elif isinstance(error, HTTPError):
+            counts.post_http_failures += 1
+        elif error is None:
+            if exchange.early:
+                return SegmentWriteError(post.seq, self.url, "closed by the server before its end")
+            counts.post_success += 1
+        return error
+
+    async def _end_body(self, post: _Post) -> None:
+        """End an unanswered POST's body cleanly, or abandon it if that is not possible."""
+        exchange = post.exchange
+        if post.answered.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        if exchange is None or exchange.body_ended:
+            if exchange is None:
+                post.scope.cancel()
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await exchange.end()
+        except ResponseArrived:
+            pass  # answered meanwhile: its task is reading the answer
+        except TransportError:
+            post.scope.cancel()
+
+    async def _let_go(self, post: _Post) -> None:
+        """End ``post``'s body (or abandon it) and wait, bounded, for its answer."""
+        await self._end_body(post)
+        with trio.move_on_after(self.close_timeout):
+            await post.answered.wait()
+        post.scope.cancel()
+
+    async def _delete_channel(self) -> None:
+        try:
+            response = await self._transport.request("DELETE", self.url)
+        except TrickleError as exc:
+            logger.warning("channel delete failed url=%s error=%s", self.url, exc)
+            return
+        if response.status >= 400:
+            logger.info("channel delete refused url=%s status=%d", self.url, response.status)
+
+
+@asynccontextmanager
+async def open_publisher(
+    url: str,
+    mime_type: str = "",
+    *,
+    start: int = 0,
+    reset: bool = False,
+    create: bool = False,
+    delete_on_close: bool = True,
+    close_timeout: float = 5.0,
+    timeouts: Timeouts | None = None,
+    insecure: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    transport: Transport | None = None,
+) -> AsyncIterator[Publisher]:
+    """Publish to the channel at ``url``; ``POST {url}/{seq}`` is preconnected at once.
+
+    Args:
+        url: the channel URL, e.g. ``http://127.0.0.1:2939/cam``.
+        mime_type: the channel's MIME type (``Content-Type`` of each POST).
+        start: the first seq; ``-1`` = continue at the channel's live edge (``GET
+            {url}/next``) with ``Lp-Trickle-Reset``, for a restarted publisher.
+        reset: send ``Lp-Trickle-Reset`` on the first POST (implied by ``start=-1``).
+        create: ``POST {url}`` first (:meth:`Publisher.create`).
+        delete_on_close: ``DELETE {url}`` when the block ends (the reference's close).
+        close_timeout: bound on closing.
+        timeouts, insecure, ssl_context: for the :class:`Transport` made here.
+        transport: a transport to share instead (its options win).
+
+    Raises:
+        ChannelNotFoundError, ChannelClosedError, HTTPError: the server's answer, as
+            soon as it arrives (even to the idle preconnect: the block is cancelled).
+        Whatever the block raised, unwrapped from the nursery's exception group.
+    """
+    own = transport is None
+    if transport is None:
+        transport = Transport(timeouts=timeouts, insecure=insecure, ssl_context=ssl_context)
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            publisher = Publisher(
+                url,
+                mime_type,
+                nursery=nursery,
+                transport=transport,
+                start=start,
+                reset=reset,
+                delete_on_close=delete_on_close,
+                close_timeout=close_timeout,
+            )
+            try:
+                if create:
+                    await publisher.create()
+                await publisher._start()
+                yield publisher
+            finally:
+                await publisher.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
+            raise
+    finally:
+        if own:
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+    if error is not None:
+        raise error

@@ -1,0 +1,484 @@
+"""The trickle subscriber over HTTP: follows ``Lp-Trickle-Seq``, preconnects the next GET.
+
+How it runs (the shape of go-livepeer's ``trickle_subscriber.go`` and of the official
+Python SDK, on trio):
+
+- :func:`open_subscriber` owns a nursery. Every GET is a :class:`_Get` whose task sends
+  it and waits for the response head. A GET with no head after ``preconnect_timeout``
+  (20 s, the reference's rule) is re-issued; connection errors and 5xx answers are
+  retried every ``retry_delay``, and more than ``max_consecutive_errors`` in a row fail
+  the subscription.
+- As soon as a segment's head has arrived, the segment is handed to the caller and the
+  GET for seq + 1 starts in the background (the preconnect).
+- ``Lp-Trickle-Closed`` ends the iteration; 404 raises :class:`ChannelNotFoundError`;
+  470 raises :class:`SegmentNotFoundError` or, with ``on_gap="jump"``, moves to the live
+  edge and counts it. A segment of zero bytes is an ordinary, empty segment.
+
+Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal, Self
+
+import trio
+
+from ..core import wire
+from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
+from ._util import header_int, single_error
+from .http import (
+    Exchange,
+    Headers,
+    ResponseHead,
+    Timeouts,
+    Transport,
+    TransportError,
+    TransportTimeout,
+)
+from .stats import SubscriberCounts, SubscriberStats
+
+__all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
+
+logger = logging.getLogger(__name__)
+
+#: What a subscriber does when its seq has left the window (470).
+OnGap = Literal["raise", "jump"]
+
+
+class _Get:
+    """One GET of one seq: the task that sends it, and the head it got (or the error)."""
+
+    __slots__ = ("done", "error", "exchange", "head", "scope", "seq")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.done = trio.Event()
+        self.exchange: Exchange | None = None
+        self.head: ResponseHead | None = None
+        self.error: TrickleError | None = None
+        self.scope = trio.CancelScope()
+
+
+class SubscriberSegment:
+    """One segment as it arrives: metadata, and the body as an async iterator of chunks.
+
+    ``async for chunk in segment`` yields each chunk as the server sends it and ends with
+    the segment. Asking the subscriber for the next segment closes this one if it was
+    not read to its end.
+
+    Attributes:
+        seq: the segment's seq (``Lp-Trickle-Seq``).
+        latest: the channel's next write when the server answered (``Lp-Trickle-Latest``,
+            or ``seq`` when the header is absent).
+        content_type: the channel's MIME type (``Content-Type``).
+        headers: every response header, looked up case-insensitively.
+        size: bytes the server had buffered when it answered (``Lp-Trickle-Size``), if
+            it said so.
+    """
+
+    def __init__(
+        self, subscriber: Subscriber, exchange: Exchange, head: ResponseHead, seq: int, latest: int
+    ) -> None:
+        self.seq = seq
+        self.latest = latest
+        self.headers: Headers = head.headers
+        self.content_type = head.headers.get("Content-Type", "")
+        size = header_int(head.headers, wire.SIZE_HEADER, -1)
+        self.size = size if size >= 0 else None
+        self._subscriber = subscriber
+        self._exchange = exchange
+        self._bytes = 0
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<SubscriberSegment seq={self.seq} latest={self.latest} bytes={self._bytes}>"
+
+    @property
+    def complete(self) -> bool:
+        """The body was read to its end."""
+        return self._done and self._exchange.response_done
+
+    @property
+    def bytes_read(self) -> int:
+        return self._bytes
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next chunk of the body.
+
+        Raises:
+            TransportError: the connection broke, or ``between_chunks`` passed.
+
+        Cancellation: no chunk is lost, but the connection will not be reused.
+        """
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            raise StopAsyncIteration
+        try:
+            chunk = await self._exchange.read_chunk()
+        except TransportError:
+            self._done = True
+            with trio.CancelScope(shield=True):
+                await self._exchange.aclose()
+            raise
+        if not chunk:
+            self._done = True
+            counts = self._subscriber._counts
+            if self._bytes == 0:
+                counts.empty_segments_delivered += 1
+            await self._exchange.aclose()
+            raise StopAsyncIteration
+        self._bytes += len(chunk)
+        self._subscriber._counts.bytes_received += len(chunk)
+        return chunk
+
+    async def read(self) -> bytes:
+        """The rest of the body (waits for the segment's end)."""
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        """Stop reading: a segment not read to its end has its connection closed."""
+        self._done = True
+        await self._exchange.aclose()
+
+
+class Subscriber:
+    """Reads the segments of one channel over HTTP. Made by :func:`open_subscriber`.
+
+    ``async for segment in subscriber`` (or ``await subscriber.next()``, ``None`` at the
+    end) yields :class:`SubscriberSegment` objects in seq order.
+
+    Attributes:
+        url: the channel URL (no trailing slash).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        nursery: trio.Nursery,
+        transport: Transport,
+        start: int = wire.SEQ_NEXT,
+        on_gap: OnGap = "raise",
+        preconnect_timeout: float = 20.0,
+        max_consecutive_errors: int = 5,
+        retry_delay: float = 0.5,
+    ) -> None:
+        if on_gap not in ("raise", "jump"):
+            raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
+        self.url = url.rstrip("/")
+        self._nursery = nursery
+        self._transport = transport
+        self._on_gap = on_gap
+        self._preconnect_timeout = preconnect_timeout
+        self._max_errors = max_consecutive_errors
+        self._retry_delay = retry_delay
+        self._seq = start
+        self._expected: int | None = None
+        self._latest = -1
+        self._preconnect: _Get | None = None
+        self._discarded: list[_Get] = []
+        self._current: SubscriberSegment | None = None
+        self._ended = False
+        self._closed = False
+        self._counts = SubscriberCounts()
+        self._opened_at = trio.current_time()
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.url} seq={self._seq}>"
+
+    @property
+    def seq(self) -> int:
+        """The seq the next segment will be read from (-1/-2 until the first answer)."""
+        return self._seq
+
+    @property
+    def ended(self) -> bool:
+        """The channel was closed (``Lp-Trickle-Closed``): the iteration is over."""
+        return self._ended
+
+    def stats(self) -> SubscriberStats:
+        """A snapshot of the counters."""
+        return SubscriberStats.of(
+            self._counts,
+            latest_seq=self._latest,
+            seq=self._seq,
+            elapsed_s=trio.current_time() - self._opened_at,
+        )
+
+    def set_seq(self, seq: int) -> None:  # sync on purpose
+        """Read ``seq`` next (``-1`` next, ``-2`` current, ``-N``, or a seq).
+
+        A preconnect for another seq is cancelled; the segment being read is left to the
+        caller. A subscription that had ended goes on.
+        """
+        self._seq = seq
+        self._expected = None
+        self._ended = False
+        if self._preconnect is not None and self._preconnect.seq != seq:
+            self._discard(self._preconnect)
+            self._preconnect = None
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SubscriberSegment:
+        segment = await self.next()
+        if segment is None:
+            raise StopAsyncIteration
+        return segment
+
+    async def next(self) -> SubscriberSegment | None:
+        """The next segment, once its head has arrived; ``None`` at the end of the stream.
+
+        Raises:
+            ChannelNotFoundError: 404.
+            SegmentNotFoundError: 470 (unless ``on_gap="jump"``), with seq and latest.
+            HTTPError: another 4xx, or a 5xx that outlasted the retries.
+            TransportError: the server could not be reached, more than
+                ``max_consecutive_errors`` times in a row.
+
+        Cancellation: safe; the GET in flight stays preconnected for the next call.
+        """
+        if self._closed:
+            raise RuntimeError(f"subscriber {self.url} is closed")
+        await self._tidy()
+        behind = 0
+        while True:
+            if self._ended:
+                await trio.lowlevel.checkpoint()
+                return None
+            get = self._take(self._seq)
+            await get.done.wait()
+            self._preconnect = None
+            if get.error is not None:
+                raise get.error
+            exchange, head = get.exchange, get.head
+            assert exchange is not None
+            assert head is not None
+            headers = head.headers
+            if wire.CLOSED_HEADER in headers:
+                await exchange.aclose()
+                self._ended = True
+                logger.debug("end of stream url=%s seq=%d", self.url, get.seq)
+                return None
+            if head.status == 404:
+                self._counts.get_404 += 1
+                await exchange.aclose()
+                raise ChannelNotFoundError(self.url)
+            seq = header_int(headers, wire.SEQ_HEADER, max(get.seq, 0))
+            latest = header_int(headers, wire.LATEST_HEADER, -1)
+            if head.status == wire.STATUS_SEQ_NOT_FOUND:
+                await exchange.aclose()
+                if self._on_gap == "raise" or latest < 0:
+                    raise SegmentNotFoundError(seq, latest)
+                if latest >= seq:
+                    logger.info("jump to live edge url=%s seq=%d latest=%d", self.url, seq, latest)
+                    self._counts.get_470_reset += 1
+                    self._counts.seq_gap_events += 1
+                    self._seq, self._expected = latest, None
+                    continue
+                # Asked ahead of the writer: wait for it rather than go back.
+                behind += 1
+                if behind > self._max_errors:
+                    raise SegmentNotFoundError(seq, latest)
+                await trio.sleep(self._retry_delay)
+                continue
+            if head.status != 200:
+                body = await self._read_error_body(exchange)
+                raise HTTPError(head.status, body)
+            if self._expected is not None and seq != self._expected:
+                self._counts.seq_gap_events += 1
+            self._seq = self._expected = seq + 1
+            self._latest = max(self._latest, latest, seq)
+            self._preconnect = self._start_get(seq + 1)
+            segment = SubscriberSegment(self, exchange, head, seq, latest if latest >= 0 else seq)
+            self._current = segment
+            self._counts.segments_delivered += 1
+            return segment
+
+    async def aclose(self) -> None:
+        """Stop: close the segment being read and every GET in flight. Safe to call twice."""
+        self._closed = True
+        if self._preconnect is not None:
+            self._discard(self._preconnect)
+            self._preconnect = None
+        with trio.CancelScope(shield=True):
+            await self._tidy()
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _read_error_body(self, exchange: Exchange) -> bytes:
+        try:
+            return await exchange.read_body()
+        except TransportError:
+            return b""
+        finally:
+            await exchange.aclose()
+
+    def _take(self, seq: int) -> _Get:
+        """The preconnect if it is for ``seq``, else a new GET."""
+        get = self._preconnect
+        if get is not None and get.seq == seq:
+            return get
+        if get is not None:
+            self._discard(get)
+        self._preconnect = self._start_get(seq)
+        return self._preconnect
+
+    def _discard(self, get: _Get) -> None:  # sync on purpose
+        get.scope.cancel()
+        self._discarded.append(get)
+
+    async def _tidy(self) -> None:
+        """Close the segment left half-read and the GETs given up."""
+        current, self._current = self._current, None
+        if current is not None and not current.complete:
+            await current.aclose()
+        discarded, self._discarded = self._discarded, []
+        for get in discarded:
+            await get.done.wait()  # its scope is cancelled: soon
+            if get.exchange is not None:
+                await get.exchange.aclose()
+        await trio.lowlevel.checkpoint()
+
+    def _start_get(self, seq: int) -> _Get:
+        get = _Get(seq)
+        self._nursery.start_soon(self._run_get, get, name=f"trickle GET {self.url}/{seq}")
+        return get
+
+    async def _run_get(self, get: _Get) -> None:
+        """Send the GET until it has a head: re-issue it after ``preconnect_timeout``,
+        retry errors; give up after more than ``max_consecutive_errors`` in a row."""
+        counts = self._counts
+        url = f"{self.url}/{get.seq}"
+        errors = 0
+        attempt = 0
+        fresh = False
+        try:
+            with get.scope:
+                while True:
+                    attempt += 1
+                    counts.get_attempts += 1
+                    if attempt > 1:
+                        counts.get_retries += 1
+                    failure, reused = await self._attempt(get, url, fresh=fresh)
+                    if failure is None:
+                        if get.head is not None:
+                            return
+                        counts.preconnect_reissues += 1
+                        logger.debug("preconnect re-issued url=%s", url)
+                        continue
+                    if reused and not fresh and get.exchange is None:
+                        fresh = True  # a pooled connection the server had closed: go again
+                        continue
+                    fresh = False
+                    counts.get_failures += 1
+                    errors += 1
+                    if errors > self._max_errors:
+                        get.error = failure
+                        logger.warning("subscription failed url=%s error=%s", url, failure)
+                        return
+                    logger.info("GET failed, retrying url=%s error=%s", url, failure)
+                    await trio.sleep(self._retry_delay)
+        finally:
+            if get.head is None and get.error is None:
+                get.error = TransportError(f"{url}: GET abandoned")
+            get.done.set()
+
+    async def _attempt(
+        self, get: _Get, url: str, *, fresh: bool
+    ) -> tuple[TrickleError | None, bool]:
+        """One GET. Returns (None, _) with ``get.head`` set, or (None, _) without it for a
+        re-issue, or (the error, whether the connection was a pooled one)."""
+        started = trio.current_time()
+        try:
+            exchange = await self._transport.open("GET", url, fresh=fresh)
+        except TransportError as exc:
+            return exc, False
+        try:
+            with trio.move_on_after(self._preconnect_timeout):
+                head = await exchange.read_head()
+                self._counts.wait_ms_total += (trio.current_time() - started) * 1000
+                if head.status < 500:
+                    get.exchange, get.head = exchange, head
+                    return None, exchange.reused
+                body = await exchange.read_body()
+                return HTTPError(head.status, body), False
+            return None, exchange.reused
+        except TransportError as exc:
+            stale = exchange.reused and exchange.head is None
+            return exc, stale and not isinstance(exc, TransportTimeout)
+        finally:
+            if get.exchange is not exchange:
+                with trio.CancelScope(shield=True):
+                    await exchange.aclose()
+
+
+@asynccontextmanager
+async def open_subscriber(
+    url: str,
+    start: int = wire.SEQ_NEXT,
+    *,
+    on_gap: OnGap = "raise",
+    preconnect_timeout: float = 20.0,
+    max_consecutive_errors: int = 5,
+    retry_delay: float = 0.5,
+    timeouts: Timeouts | None = None,
+    insecure: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    transport: Transport | None = None,
+) -> AsyncIterator[Subscriber]:
+    """Subscribe to the channel at ``url`` from seq ``start``.
+
+    Args:
+        url: the channel URL, e.g. ``http://127.0.0.1:2939/cam``.
+        start: ``-1`` the next segment (default), ``-2`` the one being written now, a
+            seq, or ``-N`` (N-1 before the next).
+        on_gap: on 470, ``"raise"`` :class:`SegmentNotFoundError` or ``"jump"`` to the
+            live edge (counted in ``get_470_reset`` and ``seq_gap_events``).
+        preconnect_timeout: re-issue a GET that has had no response head this long.
+        max_consecutive_errors: errors in a row (connection, 5xx) tolerated per GET.
+        retry_delay: seconds between retries.
+        timeouts, insecure, ssl_context: for the :class:`Transport` made here.
+        transport: a transport to share instead (its options win).
+
+    Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
+    """
+    own = transport is None
+    if transport is None:
+        transport = Transport(timeouts=timeouts, insecure=insecure, ssl_context=ssl_context)
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            subscriber = Subscriber(
+                url,
+                nursery=nursery,
+                transport=transport,
+                start=start,
+                on_gap=on_gap,
+                preconnect_timeout=preconnect_timeout,
+                max_consecutive_errors=max_consecutive_errors,
+                retry_delay=retry_delay,
+            )
+            try:
+                yield subscriber
+            finally:
+                await subscriber.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
+            raise
+    finally:
+        if own:
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+    if error is not None:
+        raise error
