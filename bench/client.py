@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ class Head:
 class Conn:
     """One keep-alive HTTP/1.1 connection to ``host:port``."""
 
-    __slots__ = ("_fast", "_pending", "_rbuf", "_rview", "closed", "host", "sock")
+    __slots__ = ("_fast", "_pending", "_rbuf", "_rview", "closed", "host", "idle_since", "sock")
 
     def __init__(self, sock: socket.socket, host: bytes) -> None:
         self.sock = sock
@@ -60,6 +61,8 @@ class Conn:
         # Bytes received but not consumed yet (a head's tail, the next response, ...).
         self._pending = b""
         self._fast = 0
+        #: ``time.monotonic()`` when it last went back to a pool.
+        self.idle_since = 0.0
 
     @classmethod
     async def open(cls, host: str, port: int) -> Conn:
@@ -82,6 +85,19 @@ class Conn:
             sock.close()
             raise
         return cls(sock, f"{host}:{port}".encode())
+
+    def peer_closed(self) -> bool:
+        """True if the server has closed (or reset) this idle connection."""
+        if self.closed or self._pending:
+            return self.closed
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        # EOF, or bytes nobody asked for: either way the connection is not reusable.
+        return True
 
     def close(self) -> None:
         if not self.closed:
@@ -300,6 +316,51 @@ class Conn:
                 self.close()
                 raise HttpError("connection closed inside a trailer")
             rest += self._rbuf[:n]
+
+
+class ConnPool:
+    """Idle keep-alive connections to one server, most recently used first.
+
+    A connection that sat idle longer than ``max_idle`` (servers close idle keep-alive
+    connections: hypercorn after 5 s) or that the server has already closed is dropped
+    instead of reused, so that a request never goes out on a dead connection.
+    """
+
+    def __init__(self, host: str, port: int, *, max_idle: float = 2.0) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self._idle: list[Conn] = []
+        self.open_conns: set[Conn] = set()
+
+    async def get(self) -> Conn:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since <= self.max_idle and not conn.peer_closed():
+                return conn
+            self._drop(conn)
+        conn = await Conn.open(self.host, self.port)
+        self.open_conns.add(conn)
+        return conn
+
+    def put(self, conn: Conn) -> None:
+        """Hand a connection back after a complete response (closed ones are dropped)."""
+        if conn.closed:
+            self._drop(conn)
+        else:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+
+    def _drop(self, conn: Conn) -> None:
+        conn.close()
+        self.open_conns.discard(conn)
+
+    def close(self) -> None:
+        for conn in self.open_conns:
+            conn.close()
+        self.open_conns.clear()
+        self._idle.clear()
 
 
 def request_head(

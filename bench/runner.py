@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +32,9 @@ import trio
 from .client import HttpError
 from .procstat import ProcSampler, Usage
 from .scenarios import join, live, stream
-from .scenarios.common import Outcome, create_channels, delete_channels
+from .scenarios.common import Outcome, create_channels, delete_channels, describe
 from .servers import Endpoint, Target, open_target
-from .workers import JobSpec, SharedCounters, WorkerError, WorkerPool
+from .workers import JobSpec, SharedCounters, WorkerPool
 
 #: scenario name -> (module, metric columns: (key, header, format)).
 SCENARIOS: dict[str, tuple[ModuleType, list[tuple[str, str, str]]]] = {
@@ -57,6 +58,7 @@ class RunRecord:
     usage: Usage | None
     warning: str | None = None
     error: str | None = None
+    error_detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -66,6 +68,7 @@ class RunRecord:
             "rep": self.rep,
             "params": self.params,
             "error": self.error,
+            "error_detail": self.error_detail,
             "generator_bottleneck": self.warning,
         }
         if self.outcome is not None:
@@ -159,8 +162,12 @@ class Runner:
                 outcome, usage = await self._measure(module, config, endpoint, tag)
             record.outcome, record.usage = outcome, usage
             record.warning = usage.bottleneck_warning()
-        except (WorkerError, HttpError, OSError, RuntimeError, trio.TooSlowError) as exc:
-            record.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # One failed measurement must not end the session: record it and go on.
+            record.error = describe(exc)
+            record.error_detail = "".join(
+                getattr(e, "details", "") for e in _leaves(exc)
+            ) or "".join(traceback.format_exception(exc))
         self.records.append(record)
         self.progress.done(f"{tag} {summary_line(record)}")
         return record
@@ -329,6 +336,12 @@ class _Search:
         }
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
 def summary_line(record: RunRecord) -> str:
     """A one-line account of a run, for the progress log."""
     if record.error:
@@ -346,4 +359,6 @@ def summary_line(record: RunRecord) -> str:
         parts.append("CHECKS FAILED " + ", ".join(f"{k}={v}" for k, v in bad.items()))
     if record.warning:
         parts.append("(generator-bound: " + record.warning + ")")
+    if usage.other_busy >= 0.25:
+        parts.append(f"(noisy: other processes used {usage.other_busy:.2f} cores)")
     return ", ".join(parts)

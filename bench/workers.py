@@ -191,8 +191,8 @@ def _worker_main(conn: multiprocessing.connection.Connection) -> None:
         _kind, job = message
         try:
             result = trio.run(_run_job, conn, job)
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
+        except BaseException as exc:
+            conn.send(("error", (_describe(exc), traceback.format_exc())))
         else:
             conn.send(("result", result))
 
@@ -212,7 +212,18 @@ async def _run_job(conn: multiprocessing.connection.Connection, job: JobSpec) ->
 
 
 class WorkerError(RuntimeError):
-    """A worker failed; the message holds its traceback."""
+    """A worker failed: the message says how, ``details`` holds the tracebacks."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line account of ``exc``, with the leaves of an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions[:3])
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -293,6 +304,7 @@ class WorkerPool:
             self._workers[job.worker].conn.send(("job", job))
         results: dict[int, Any] = {}
         errors: list[str] = []
+        details: list[str] = []
 
         ready: set[int] = set()
         all_ready = trio.Event()
@@ -308,11 +320,13 @@ class WorkerPool:
                         all_ready.set()
                     kind, value = await self._recv(job.worker)
             except WorkerError as exc:
-                kind, value = "error", str(exc)
+                kind, value = "error", (str(exc), "")
             if kind == "result":
                 results[job.worker] = value
             else:
-                errors.append(f"worker {job.worker} ({job.role}):\n{value}")
+                summary, detail = value
+                errors.append(f"worker {job.worker} ({job.role}): {summary}")
+                details.append(detail)
                 all_ready.set()
                 failed.set()
             if len(results) + len(errors) == len(jobs):
@@ -357,5 +371,5 @@ class WorkerPool:
         if stuck:
             self.restart()
         if errors:
-            raise WorkerError("\n".join(errors))
+            raise WorkerError("; ".join(errors), "\n".join(details))
         return [results[job.worker] for job in jobs]

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from ..client import Conn, Head, HttpError, request_head
+from ..client import Conn, ConnPool, Head, HttpError, request_head
 from ..servers import Endpoint
 
 #: Counter slots in each worker's row, as the scenarios use them.
@@ -142,11 +142,11 @@ async def _each(
 
 
 class Publisher:
-    """One channel's publisher: preconnected POSTs on a small pool of keep-alive conns.
+    """One channel's publisher: preconnected POSTs on a pool of keep-alive connections.
 
-    ``preconnect(seq)`` opens (or reuses) a connection and sends the head of a chunked
+    ``preconnect(seq)`` takes a connection and sends the head of a chunked
     ``POST /{ch}/{seq}``, which the server then holds idle; the caller streams the body
-    and ends it, then ``read_answer(conn, seq)`` reads the answer. Connections come back
+    and ends it, then ``read_answer(conn, seq)`` reads the answer. Connections go back
     to the pool when the server keeps them alive.
     """
 
@@ -154,15 +154,11 @@ class Publisher:
         self.endpoint = endpoint
         self.channel = channel
         self.mime = mime
-        self._idle: list[Conn] = []
+        self.pool = ConnPool(endpoint.host, endpoint.port)
         self.errors: list[str] = []
-        self.open_conns: set[Conn] = set()
 
     async def preconnect(self, seq: int) -> Conn:
-        conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = await Conn.open(self.endpoint.host, self.endpoint.port)
-            self.open_conns.add(conn)
+        conn = await self.pool.get()
         head = request_head(
             conn.host,
             "POST",
@@ -176,8 +172,7 @@ class Publisher:
     async def read_answer(self, conn: Conn, seq: int) -> Head | None:
         """Read the answer to ``seq``'s POST (its body already ended); None on failure.
 
-        Failures are recorded in ``errors``; the connection goes back to the pool when
-        the server keeps it alive.
+        Failures are recorded in ``errors``.
         """
         try:
             head = await conn.read_head()
@@ -185,52 +180,36 @@ class Publisher:
         except HttpError as exc:
             self.errors.append(f"POST {self.channel}/{seq}: {exc}")
             conn.close()
-            self.open_conns.discard(conn)
+            self.pool.put(conn)
             return None
         if head.status != 200:
             self.errors.append(f"POST {self.channel}/{seq}: status {head.status}")
-        if conn.closed:
-            self.open_conns.discard(conn)
-        else:
-            self._idle.append(conn)
+        self.pool.put(conn)
         return head
 
     def close(self) -> None:
-        for conn in self.open_conns:
-            conn.close()
-        self.open_conns.clear()
-        self._idle.clear()
+        self.pool.close()
 
 
 class Subscriber:
-    """One subscriber's connections: ``request(seq)`` sends ``GET /{ch}/{seq}`` on an
-    idle keep-alive connection (or a new one); ``release(conn)`` hands one back."""
+    """One subscriber's connections: ``request(seq)`` sends ``GET /{ch}/{seq}`` on a
+    pooled keep-alive connection; ``release(conn)`` hands it back after the body."""
 
     def __init__(self, endpoint: Endpoint, channel: str) -> None:
         self.endpoint = endpoint
         self.channel = channel
-        self._idle: list[Conn] = []
-        self.open_conns: set[Conn] = set()
+        self.pool = ConnPool(endpoint.host, endpoint.port)
 
     async def request(self, seq: int) -> Conn:
-        conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = await Conn.open(self.endpoint.host, self.endpoint.port)
-            self.open_conns.add(conn)
+        conn = await self.pool.get()
         await conn.request("GET", self.endpoint.path(self.channel, seq))
         return conn
 
     def release(self, conn: Conn) -> None:
-        if conn.closed:
-            self.open_conns.discard(conn)
-        else:
-            self._idle.append(conn)
+        self.pool.put(conn)
 
     def close(self) -> None:
-        for conn in self.open_conns:
-            conn.close()
-        self.open_conns.clear()
-        self._idle.clear()
+        self.pool.close()
 
 
 def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -307,6 +286,5 @@ class CreditSignal:
 def describe(exc: BaseException) -> str:
     """A one-line account of ``exc``, with the leaves of an exception group."""
     if isinstance(exc, BaseExceptionGroup):
-        leaves = "; ".join(describe(e) for e in exc.exceptions[:3])
-        return f"{len(exc.exceptions)} error(s): {leaves}"
+        return "; ".join(describe(e) for e in exc.exceptions[:3])
     return f"{type(exc).__name__}: {exc}"

@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from .. import checksum
-from ..client import LAST_CHUNK, chunk_prefix
+from ..client import LAST_CHUNK, Conn, HttpError, chunk_prefix
 from ..servers import Endpoint
 from ..workers import Control
 from .common import (
@@ -219,6 +219,17 @@ def _chunks(parts: list[bytes | memoryview], chunk: int) -> list[list[bytes | me
     return out
 
 
+async def _send_segment(conn: Conn, config: StreamConfig, parts: list[bytes | memoryview]) -> None:
+    if config.kind == "small" and config.segment_bytes <= config.chunk_bytes:
+        # One sendmsg per segment: size line, body, CRLF, last chunk.
+        await conn.send(chunk_prefix(config.segment_bytes), *parts, b"\r\n", LAST_CHUNK)
+        return
+    for pieces in _chunks(parts, config.chunk_bytes):
+        size = sum(len(p) for p in pieces)
+        await conn.send(chunk_prefix(size), *pieces, b"\r\n")
+    await conn.send(LAST_CHUNK)
+
+
 async def _publish(ctl: Control) -> dict[str, Any]:
     config: StreamConfig = ctl.job.config
     endpoint: Endpoint = ctl.job.endpoint
@@ -246,16 +257,10 @@ async def _publish(ctl: Control) -> dict[str, Any]:
                     for part in parts:
                         digest.update(part)
                     digests.append(digest.intdigest())
-                    if config.kind == "small" and config.segment_bytes <= config.chunk_bytes:
-                        # One sendmsg per segment: size line, body, CRLF, last chunk.
-                        await current.send(
-                            chunk_prefix(config.segment_bytes), *parts, b"\r\n", LAST_CHUNK
-                        )
-                    else:
-                        for pieces in _chunks(parts, config.chunk_bytes):
-                            size = sum(len(p) for p in pieces)
-                            await current.send(chunk_prefix(size), *pieces, b"\r\n")
-                        await current.send(LAST_CHUNK)
+                    try:
+                        await _send_segment(current, config, parts)
+                    except HttpError as exc:
+                        raise HttpError(f"POST {channel}/{seq}: {exc}") from exc
                     counters[C_UNITS] += 1
                     counters[C_BYTES] += config.segment_bytes
                     answers.start_soon(publisher.read_answer, current, seq)
