@@ -4,7 +4,7 @@
     python -m bench live   [--channels 100] [--subscribers 1] [--bitrate 2M] [--duration 10]
                            [--find-max [--bound-ms 100]]
     python -m bench small  [--segments 5000] [--size 200]
-    python -m bench join   [--background 10] [--concurrency 4] [--duration 10]
+    python -m bench join   [--background 10] [--concurrency 16] [--duration 10]
     python -m bench all    (each of the above with its defaults)
 
 Common options: ``--url`` (repeatable: ``trickle-trio``, ``baseline``, ``[label=]http://..``;
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     join = sub.add_parser("join", help="time to first byte of new subscribers (-2 / -1)")
     join.add_argument("--background", type=int, default=10, help="subscribers already there")
-    join.add_argument("--concurrency", type=int, default=4, help="joiner tasks (4)")
+    join.add_argument("--concurrency", type=int, default=16, help="joiner tasks (16)")
     join.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
     join.add_argument("--bitrate", default="2M", help="the channel's bit/s (2M)")
     join.add_argument("--segment-seconds", type=float, default=1.0, help="segment length (1.0)")

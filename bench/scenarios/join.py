@@ -38,7 +38,7 @@ class JoinConfig:
     """One join configuration."""
 
     background: int = 10
-    concurrency: int = 4
+    concurrency: int = 16
     duration: float = 10.0
     #: Upper bound on joins, whatever the duration.
     max_joins: int = 2000
@@ -239,7 +239,8 @@ async def _joiners(ctl: Control) -> dict[str, Any]:
                 errors.append(f"GET {mode}: {exc}")
             ctl.counters[C_UNITS] += 1
             mode = "-1" if mode == "-2" else "-2"
-            await trio.sleep(rng.uniform(0.02, 0.1))
+            # A random phase within a segment: joins must not lock onto segment starts.
+            await trio.sleep(rng.uniform(0.02, config.segment_s))
 
     async def all_joiners() -> None:
         with trio.move_on_at(end + config.segment_s + 5 + offset):
