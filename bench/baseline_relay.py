@@ -93,8 +93,8 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         if method == "POST":
             channels.setdefault(parts[0], Channel())
         elif (gone := channels.pop(parts[0], None)) is not None:
-            for segment in gone.segments.values():
-                segment.close()
+            for old in gone.segments.values():
+                old.close()
         await respond(send, 200)
     elif len(parts) == 2 and method in ("GET", "POST") and parts[1].lstrip("-").isdigit():
         channel = channels.setdefault(parts[0], Channel())
@@ -144,7 +144,7 @@ def main() -> None:
     config.read_timeout = None
     config.accesslog = None
     config.include_server_header = False
-    trio.run(serve, app, config)  # type: ignore[arg-type]
+    trio.run(serve, app, config)
 
 
 if __name__ == "__main__":

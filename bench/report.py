@@ -28,7 +28,7 @@ _PACKAGES = ("trickle-trio", "trio", "hypercorn", "h11", "quart", "quart-trio")
 
 def environment() -> dict[str, Any]:
     """Date, versions and machine, for the JSON and the README table."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)

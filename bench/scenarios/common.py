@@ -32,7 +32,7 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r}")
     number, unit, _, _ = m.groups()
     power = " kmg".index(unit.lower()) if unit else 0
-    return round(float(number) * 1024**power)
+    return round(float(number) * (1 << (10 * power)))
 
 
 def parse_rate(text: str) -> float:

@@ -25,6 +25,7 @@ Imports: stdlib, trio, the bench's client and ``common``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import struct
@@ -277,6 +278,17 @@ async def _publish(ctl: Control) -> dict[str, Any]:
         publisher.close()
 
 
+@dataclasses.dataclass
+class _SubRecord:
+    """What one subscriber saw: per seq, the checksum (None = not received) and size."""
+
+    digests: list[int | None] = dataclasses.field(default_factory=list)
+    sizes: list[int] = dataclasses.field(default_factory=list)
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    t_end: float | None = None
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
 class _Sink:
     """Receives one segment's body: its checksum, size, and first bytes."""
 
@@ -313,10 +325,7 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
     indices: list[int] = ctl.job.share
     signal = CreditSignal(_gate_address(ctl.job.run_id), ctl.progress, config.subscribers)
     subscribers = [Subscriber(endpoint, channel) for _ in indices]
-    records = [
-        {"digests": [], "sizes": [], "latencies_ms": [], "t_end": None, "errors": []}
-        for _ in indices
-    ]
+    records = [_SubRecord() for _ in indices]
     counters = ctl.counters
     try:
         first = [await sub.request(0) for sub in subscribers]
@@ -331,9 +340,9 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
                 got = head.headers.get("lp-trickle-seq")
                 if head.status != 200 or got != str(seq):
                     await conn.read_body_bytes(head)
-                    record["errors"].append(f"GET {seq}: status {head.status} seq {got}")
-                    record["digests"].append(None)
-                    record["sizes"].append(0)
+                    record.errors.append(f"GET {seq}: status {head.status} seq {got}")
+                    record.digests.append(None)
+                    record.sizes.append(0)
                     counters[C_LOST] += 1
                 else:
                     sink = _Sink()
@@ -341,9 +350,9 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
                     t_end_ns = time.monotonic_ns()
                     stamp = _stamp(config.kind, sink.prefix)
                     if stamp is not None and stamp[0] == seq:
-                        record["latencies_ms"].append((t_end_ns - stamp[1]) / 1e6)
-                    record["digests"].append(sink.digest.intdigest())
-                    record["sizes"].append(sink.size)
+                        record.latencies_ms.append((t_end_ns - stamp[1]) / 1e6)
+                    record.digests.append(sink.digest.intdigest())
+                    record.sizes.append(sink.size)
                     counters[C_BYTES] += sink.size
                 sub.release(conn)
                 counters[C_UNITS] += 1
@@ -351,7 +360,7 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
                 if following is None:
                     break
                 conn = following
-            record["t_end"] = time.monotonic()
+            record.t_end = time.monotonic()
 
         async def follow_all() -> None:
             async with trio.open_nursery() as nursery:
@@ -361,9 +370,9 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
         await ctl.run_until_stopped(follow_all)
     except Exception as exc:
         counters[C_ERRORS] += 1
-        records[0]["errors"].append(describe(exc))
+        records[0].errors.append(describe(exc))
     finally:
         signal.close()
         for sub in subscribers:
             sub.close()
-    return {"subscribers": records}
+    return {"subscribers": [dataclasses.asdict(r) for r in records]}
