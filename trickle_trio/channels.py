@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import trio
 
+from .config import Settings
 from .core import wire
-from .core.errors import ChannelClosedError, ChannelNotFoundError
+from .core.errors import ChannelClosedError, ChannelNotFoundError, LimitExceededError
 from .core.segment import SegmentState
 from .core.window import Window
 from .metrics import ServerMetrics
@@ -55,10 +56,12 @@ class Segment(SegmentState):
     is how an idle POST is released when its segment is closed from elsewhere.
     """
 
-    __slots__ = ("_changed", "_idle_writers")
+    __slots__ = ("_changed", "_idle_writers", "evicted")
 
     def __init__(self, seq: int) -> None:
         super().__init__(seq)
+        #: Closed because a later seq took its slot.
+        self.evicted = False
         # Created only when a reader waits: an append with nobody waiting costs nothing.
         self._changed: trio.Event | None = None
         self._idle_writers: set[trio.CancelScope] = set()
@@ -127,8 +130,10 @@ class TaskScopes:
     and waits until every lease has been returned.
     """
 
-    def __init__(self, channel_name: str) -> None:
+    def __init__(self, channel_name: str, limit: int = 0, limit_name: str = "") -> None:
         self._channel_name = channel_name
+        self._limit = limit
+        self._limit_name = limit_name
         self._scopes: set[trio.CancelScope] = set()
         self._drained = trio.Event()
         self._drained.set()
@@ -143,9 +148,18 @@ class TaskScopes:
         Raises:
             ChannelClosedError: (at the call, not at ``with``) the channel is being, or
                 has been, torn down.
+            LimitExceededError: (429) ``limit`` leases are out already.
         """
         if self._closed:
             raise ChannelClosedError(self._channel_name)
+        if self._limit and len(self._scopes) >= self._limit:
+            logger.warning(
+                "limit hit limit=%s channel=%s value=%d",
+                self._limit_name,
+                self._channel_name,
+                self._limit,
+            )
+            raise LimitExceededError(429, self._limit_name, f"Too many {self._limit_name[4:]}")
         return self._lease()
 
     @contextmanager
@@ -190,10 +204,31 @@ class PublishOutcome(enum.Enum):
     ABORTED = "aborted"
     #: The channel was deleted while the POST was open.
     CHANNEL_CLOSED = "channel_closed"
+    #: The segment reached ``max_segment_bytes``: it is closed at the limit (413).
+    TOO_LARGE = "too_large"
+    #: A preconnect sent nothing for ``preconnect_timeout``: the POST is let go (408)
+    #: and the segment is left as it was (open, for a retry of the same seq).
+    TIMED_OUT = "timed_out"
 
 
 class PublisherGone(Exception):
     """Raised by a chunk source when the publisher's connection broke mid-body."""
+
+
+class _TooLarge(Exception):
+    """Internal: the segment hit its byte limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLimits:
+    """The per-channel and per-registry limits (see ``Settings`` for their meaning)."""
+
+    max_channels: int = 10_000
+    max_segment_bytes: int = 64 * 1024 * 1024
+    max_subscribers: int = 1_000
+    max_publishers: int = 64
+    #: 0 = a preconnect may idle forever.
+    preconnect_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +256,10 @@ class Channel:
         *,
         teardown_grace: float = 5.0,
         metrics: ServerMetrics | None = None,
+        limits: ChannelLimits | None = None,
     ) -> None:
         self.name = name
+        self.limits = limits if limits is not None else ChannelLimits()
         self.metrics = metrics if metrics is not None else _unshared_metrics()
         self.mime_type = mime_type
         self.next_write = 0
@@ -231,8 +268,10 @@ class Channel:
         self.write_time = self.created_at
         self.closed = False
         self.window: Window[Segment] = Window(wire.WINDOW)
-        self.subscribers = TaskScopes(name)
-        self.publishers = TaskScopes(name)
+        self.subscribers = TaskScopes(
+            name, self.limits.max_subscribers, "max_subscribers_per_channel"
+        )
+        self.publishers = TaskScopes(name, self.limits.max_publishers, "max_publishers_per_channel")
         self._teardown_grace = teardown_grace
         self._delete_requested = trio.Event()
         self._deleted = trio.Event()
@@ -245,7 +284,9 @@ class Channel:
 
     def _put(self, segment: Segment) -> Segment:
         evicted = self.window.put(segment)
-        if evicted is not None and evicted is not segment and evicted.close():
+        if evicted is not None and evicted is not segment and not evicted.closed:
+            evicted.evicted = True  # its idle preconnects are let go without advancing
+            evicted.close()
             self.metrics.segments["evicted"] += 1
             logger.info(
                 "segment evicted channel=%s seq=%d bytes=%d", self.name, evicted.seq, evicted.size
@@ -360,6 +401,9 @@ class SegmentWriter:
 
     __slots__ = ("bytes_written", "channel", "metrics", "segment", "started_at")
 
+    #: Raised by :meth:`write` when the segment hits ``max_segment_bytes``.
+    TooLarge = _TooLarge
+
     def __init__(self, channel: Channel, segment: Segment) -> None:
         self.channel = channel
         self.segment = segment
@@ -380,6 +424,14 @@ class SegmentWriter:
             self.started_at = trio.current_time()
             if not self.segment.closed:
                 self.channel.note_first_byte(self.segment.seq)
+        room = self.channel.limits.max_segment_bytes - self.segment.size
+        if len(data) > room and not self.segment.closed:
+            data = data[: max(room, 0)]
+            self._append(data)
+            raise _TooLarge
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         self.bytes_written += len(data)
         self.metrics.bytes_in += len(data)
         self.segment.append(data)
@@ -388,20 +440,27 @@ class SegmentWriter:
         """Copy chunks from ``read_chunk`` (None = end of body) into the segment.
 
         While no byte has arrived, closing the segment from elsewhere releases the wait
-        (``RELEASED``). ``PublisherGone`` from the source ends it as ``ABORTED``. The
-        segment is closed and the channel updated before this returns.
+        (``RELEASED``), and so does ``preconnect_timeout`` (``TIMED_OUT``).
+        ``PublisherGone`` from the source ends it as ``ABORTED``; reaching
+        ``max_segment_bytes`` as ``TOO_LARGE``. The segment is closed (except after
+        ``TIMED_OUT``) and the channel updated before this returns.
 
         Cancellation: the segment is closed with the bytes written so far (the channel
         is being deleted); Cancelled propagates.
         """
         outcome: PublishOutcome | None = None
+        first: bytes | None = b""
         try:
             with self.segment.idle_writer() as idle, idle:
+                if timeout := self.channel.limits.preconnect_timeout:
+                    idle.relative_deadline = timeout
                 first = await read_chunk()
                 while first is not None and not first:
                     first = await read_chunk()
             if idle.cancelled_caught:
-                outcome = PublishOutcome.RELEASED
+                outcome = (
+                    PublishOutcome.RELEASED if self.segment.closed else PublishOutcome.TIMED_OUT
+                )
                 return outcome
             if first is None:
                 outcome = PublishOutcome.EMPTY
@@ -415,6 +474,15 @@ class SegmentWriter:
         except PublisherGone:
             outcome = PublishOutcome.ABORTED
             return outcome
+        except _TooLarge:
+            outcome = PublishOutcome.TOO_LARGE
+            logger.warning(
+                "limit hit limit=max_segment_bytes channel=%s seq=%d value=%d",
+                self.channel.name,
+                self.segment.seq,
+                self.channel.limits.max_segment_bytes,
+            )
+            return outcome
         finally:
             self.finish(outcome if outcome is not None else PublishOutcome.CHANNEL_CLOSED)
 
@@ -426,12 +494,19 @@ class SegmentWriter:
                 # go-livepeer PR #3824: an empty segment is a segment; the next one is next.
                 channel.next_write = seq + 1
                 channel.write_time = trio.current_time()
-            elif outcome is PublishOutcome.RELEASED and seq >= channel.next_write:
-                # Never backwards: an old preconnect released by a reset or an eviction
-                # must not drag subscribers back to its seq.
+            elif (
+                outcome is PublishOutcome.RELEASED
+                and seq >= channel.next_write
+                and not self.segment.evicted
+            ):
+                # A publisher dropped its segment (DELETE of the seq): the next is next.
+                # Never backwards (an old preconnect released by a reset must not drag
+                # subscribers back), and not for an eviction (a flood of far-ahead
+                # preconnects must not move the live edge).
                 channel.next_write = seq + 1
                 channel.write_time = trio.current_time()
-        self.segment.close()
+        if outcome is not PublishOutcome.TIMED_OUT:
+            self.segment.close()
         metrics = self.metrics
         metrics.segments[outcome.value] += 1
         duration = 0.0
@@ -439,7 +514,7 @@ class SegmentWriter:
             duration = trio.current_time() - self.started_at
             metrics.segment_duration.observe(duration)
         logger.log(
-            logging.WARNING if outcome is PublishOutcome.ABORTED else logging.INFO,
+            logging.INFO if outcome in _ORDINARY else logging.WARNING,
             "segment %s channel=%s seq=%d bytes=%d duration=%.3f",
             outcome.value,
             channel.name,
@@ -449,6 +524,9 @@ class SegmentWriter:
         )
 
 
+_ORDINARY = frozenset({PublishOutcome.COMPLETE, PublishOutcome.EMPTY, PublishOutcome.RELEASED})
+
+
 class ChannelRegistry:
     """All channels of one server, each a task in the nursery this registry was lent.
 
@@ -456,19 +534,42 @@ class ChannelRegistry:
         nursery: owns the channel tasks; cancelling it deletes every channel.
         teardown_grace: see ``Settings.teardown_grace``.
         changefeed: keep the ``_changes`` channel (created at once, its first event).
+        limits: channel counts, segment sizes, attached requests, preconnect timeout.
     """
 
     def __init__(
-        self, nursery: trio.Nursery, *, teardown_grace: float = 5.0, changefeed: bool = False
+        self,
+        nursery: trio.Nursery,
+        *,
+        teardown_grace: float = 5.0,
+        changefeed: bool = False,
+        limits: ChannelLimits | None = None,
     ) -> None:
         self._nursery = nursery
         self._teardown_grace = teardown_grace
+        self.limits = limits if limits is not None else ChannelLimits()
         self._channels: dict[str, Channel] = {}
         self.metrics = ServerMetrics()
         self.metrics.bind(self.gauges)
         self._changefeed = changefeed
         if changefeed:
             self.create(wire.CHANGEFEED_CHANNEL, "application/json")
+
+    @classmethod
+    def from_settings(cls, nursery: trio.Nursery, settings: Settings) -> ChannelRegistry:
+        """A registry with the teardown grace, changefeed and limits of ``settings``."""
+        return cls(
+            nursery,
+            teardown_grace=settings.teardown_grace,
+            changefeed=settings.changefeed,
+            limits=ChannelLimits(
+                max_channels=settings.max_channels,
+                max_segment_bytes=settings.max_segment_bytes,
+                max_subscribers=settings.max_subscribers_per_channel,
+                max_publishers=settings.max_publishers_per_channel,
+                preconnect_timeout=settings.preconnect_timeout,
+            ),
+        )
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -497,12 +598,25 @@ class ChannelRegistry:
         }
 
     def create(self, name: str, mime_type: str = "") -> Channel:  # sync on purpose
-        """Create channel ``name`` or return the existing one (creation is idempotent)."""
+        """Create channel ``name`` or return the existing one (creation is idempotent).
+
+        Raises:
+            LimitExceededError: (429) ``max_channels`` channels exist already.
+        """
         channel = self._channels.get(name)
         if channel is not None:
             return channel
+        if len(self._channels) >= self.limits.max_channels:
+            logger.warning(
+                "limit hit limit=max_channels channel=%s value=%d", name, self.limits.max_channels
+            )
+            raise LimitExceededError(429, "max_channels", "Too many channels")
         channel = Channel(
-            name, mime_type, teardown_grace=self._teardown_grace, metrics=self.metrics
+            name,
+            mime_type,
+            teardown_grace=self._teardown_grace,
+            metrics=self.metrics,
+            limits=self.limits,
         )
         self._channels[name] = channel
         self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")

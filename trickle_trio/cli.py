@@ -54,6 +54,15 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--access-log", help="access log target ('-' = stderr; off by default)")
     serve.add_argument("--log-level", help="debug, info, warning, error (default info)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    limits = serve.add_argument_group("limits (each answered with a 4xx and a log line)")
+    for name, convert, help_text in _LIMIT_FLAGS:
+        limits.add_argument(f"--{name.replace('_', '-')}", type=convert, help=help_text)
+    auth = serve.add_argument_group("access control (bearer tokens; default: open)")
+    for role in ("publish", "subscribe"):
+        auth.add_argument(
+            f"--{role}-token-file",
+            help=f"file holding the {role} token (or TRICKLE_{role.upper()}_TOKEN)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     return parser
 
+
+_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("max_segment_bytes", int, "bytes per segment (413 beyond; default 64 MiB)"),
+    ("max_channels", int, "channels at once (429 beyond; default 10000)"),
+    ("max_subscribers_per_channel", int, "subscribers per channel (429; default 1000)"),
+    ("max_publishers_per_channel", int, "POSTs attached per channel (429; default 64)"),
+    ("max_requests", int, "requests in flight (429 beyond; default 20000)"),
+    ("max_name_length", int, "longest channel name (400 beyond; default 256)"),
+    ("max_url_length", int, "longest request path (414 beyond; default 2048)"),
+    ("max_header_bytes", int, "request line + headers (400 beyond; default 16384)"),
+    ("preconnect_timeout", float, "release idle preconnects after S seconds (0 = never)"),
+)
 
 _FLAGS = (
     "host",
@@ -85,11 +106,24 @@ _FLAGS = (
 def settings_from_args(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
     """Defaults < file < environment < flags; a standalone server autocreates by default."""
     flags = {name: getattr(args, name) for name in _FLAGS}
+    flags.update({name: getattr(args, name) for name, _, _ in _LIMIT_FLAGS})
+    for kind in ("publish", "subscribe"):
+        path = getattr(args, f"{kind}_token_file")
+        if path is not None:
+            flags[f"{kind}_token"] = _read_token(path)
     settings, sources = load_settings(flags=flags, config_file=args.config)
     if "autocreate" not in sources:
         settings = settings.replace(autocreate=True)
         sources["autocreate"] = "serve default"
     return settings, sources
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    except OSError as exc:
+        raise SettingsError(f"cannot read token file {path}: {exc.strerror}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

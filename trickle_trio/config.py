@@ -66,6 +66,35 @@ class Settings:
     log_level: str = "info"
     #: ``text`` (key=value lines) or ``json`` (one JSON object per line).
     log_format: str = "text"
+
+    # -- limits: each answered with a clear 4xx and a log line --------------------------
+    #: Bytes per segment; a publisher over it gets 413 and the segment is closed at the
+    #: limit. Memory stays below window (5) x this x max_channels (plus one segment per
+    #: subscriber that stopped reading).
+    max_segment_bytes: int = 64 * 1024 * 1024
+    #: Channels at once (429 beyond).
+    max_channels: int = 10_000
+    #: Subscriber GETs attached to one channel at once (429 beyond).
+    max_subscribers_per_channel: int = 1_000
+    #: Publisher POSTs (idle preconnects included) attached to one channel (429 beyond).
+    max_publishers_per_channel: int = 64
+    #: HTTP requests in flight at once, i.e. busy connections (429 beyond; health exempt).
+    max_requests: int = 20_000
+    #: Longest channel name (400 beyond).
+    max_name_length: int = 256
+    #: Longest request path (414 beyond).
+    max_url_length: int = 2048
+    #: Request line plus headers, in bytes (hypercorn answers 400 beyond).
+    max_header_bytes: int = 16 * 1024
+    #: Release a preconnected POST that has sent no byte for this long (408); 0 = never,
+    #: as in the reference (which keeps it alive with 100 Continue).
+    preconnect_timeout: float = 0.0
+
+    # -- access control -----------------------------------------------------------------
+    #: Bearer token for publishing, creating, deleting and the status view (None = open).
+    publish_token: str | None = None
+    #: Bearer token for subscribing and /next (None = open). The publish token works too.
+    subscribe_token: str | None = None
     #: Hooks, only settable from Python (not from the environment).
     before_create: Hook | None = field(default=None, compare=False, repr=False)
     before_delete: Hook | None = field(default=None, compare=False, repr=False)
@@ -76,6 +105,24 @@ class Settings:
         for name in ("idle_timeout", "sweep_interval", "teardown_grace", "graceful_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, not {getattr(self, name)}")
+        for name in (
+            "max_segment_bytes",
+            "max_channels",
+            "max_subscribers_per_channel",
+            "max_publishers_per_channel",
+            "max_requests",
+            "max_name_length",
+            "max_url_length",
+            "max_header_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.preconnect_timeout < 0:
+            raise SettingsError(f"preconnect_timeout must be >= 0, not {self.preconnect_timeout}")
+        for name in ("publish_token", "subscribe_token"):
+            token = getattr(self, name)
+            if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+                raise SettingsError(f"{name} must be at least 16 printable characters, no spaces")
         if (self.certfile is None) != (self.keyfile is None):
             raise SettingsError("certfile and keyfile must be given together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -23,7 +23,12 @@ from .channels import (
     SegmentWriter,
 )
 from .core import wire
-from .core.errors import ChannelClosedError, ChannelNotFoundError, SegmentNotFoundError
+from .core.errors import (
+    ChannelClosedError,
+    ChannelNotFoundError,
+    LimitExceededError,
+    SegmentNotFoundError,
+)
 
 __all__ = ["LocalPublisher", "LocalSegment", "LocalSubscriber"]
 
@@ -62,8 +67,12 @@ class LocalPublisher:
         """
         channel = self._channel()
         writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
-        if data:
-            writer.write(data)
+        try:
+            if data:
+                writer.write(data)
+        except SegmentWriter.TooLarge:
+            writer.finish(PublishOutcome.TOO_LARGE)
+            raise _too_large(channel) from None
         writer.finish(PublishOutcome.COMPLETE if data else PublishOutcome.EMPTY)
         return writer.seq
 
@@ -83,6 +92,8 @@ class LocalPublisher:
         Raises:
             ChannelNotFoundError, ChannelClosedError: no channel to write to, or the
                 channel was deleted while writing.
+            LimitExceededError: (413) the segment reached ``max_segment_bytes``; it is
+                closed at the limit.
 
         Cancellation: the segment is closed with the bytes written; Cancelled propagates.
         """
@@ -112,6 +123,8 @@ class LocalPublisher:
                 raise failure
             if outcome is PublishOutcome.CHANNEL_CLOSED:
                 raise ChannelClosedError(self.name)
+            if outcome is PublishOutcome.TOO_LARGE:
+                raise _too_large(channel)
             return writer.seq
 
     async def close(self) -> None:
@@ -120,6 +133,14 @@ class LocalPublisher:
             await self.registry.delete(self.name)
         except ChannelNotFoundError:
             await trio.lowlevel.checkpoint()
+
+
+def _too_large(channel: Channel) -> LimitExceededError:
+    return LimitExceededError(
+        413,
+        "max_segment_bytes",
+        f"segment larger than {channel.limits.max_segment_bytes} bytes",
+    )
 
 
 class LocalSegment:

@@ -20,7 +20,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: Segment outcomes counted in ``trickle_segments_total{outcome=...}``.
-OUTCOMES = ("complete", "empty", "aborted", "released", "channel_closed", "evicted")
+OUTCOMES = (
+    "complete",
+    "empty",
+    "aborted",
+    "released",
+    "channel_closed",
+    "too_large",
+    "timed_out",
+    "evicted",
+)
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 _TTFB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

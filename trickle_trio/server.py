@@ -37,6 +37,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = settings.graceful_timeout
     config.include_server_header = False
     config.read_timeout = None  # would kill idle preconnects
+    config.h11_max_incomplete_size = settings.max_header_bytes
     config.accesslog = settings.access_log
     # A Logger (not "-") makes hypercorn log through logging without its own handler.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -81,11 +82,7 @@ class RunningServer:
 async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
     """Serve ``settings`` for the duration of the block; drain and stop at its end."""
     async with trio.open_nursery() as channel_nursery:
-        registry = ChannelRegistry(
-            channel_nursery,
-            teardown_grace=settings.teardown_grace,
-            changefeed=settings.changefeed,
-        )
+        registry = ChannelRegistry.from_settings(channel_nursery, settings)
         await channel_nursery.start(
             partial(
                 registry.run_sweeper,

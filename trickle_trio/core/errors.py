@@ -43,6 +43,22 @@ class SegmentNotFoundError(TrickleError):
         self.latest = latest
 
 
+class LimitExceededError(TrickleError):
+    """A configured limit refused the request (HTTP ``status``, 4xx).
+
+    Attributes:
+        status: 413 (segment too large), 429 (too many channels, subscribers, publishers
+            or requests).
+        limit: the setting's name, e.g. ``max_channels``.
+    """
+
+    def __init__(self, status: int, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.limit = limit
+        self.message = message
+
+
 class RequestError(TrickleError):
     """Raised by a before-create / before-delete hook to answer with a 4xx.
 

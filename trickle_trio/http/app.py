@@ -21,7 +21,8 @@ from quart_trio import QuartTrio
 from ..channels import ChannelRegistry
 from ..config import Settings
 from ..core import wire
-from ..core.errors import ChannelNotFoundError
+from ..core.errors import ChannelNotFoundError, LimitExceededError
+from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
 from .state import ServerState
 from .streams import SegmentStreams
@@ -78,7 +79,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
 
     def checked_name(name: str) -> str | None:
         try:
-            wire.check_channel_name(name)
+            wire.check_channel_name(name, max_length=settings.max_name_length)
         except wire.InvalidChannelName:
             return None
         return None if name in reserved else name
@@ -142,7 +143,10 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         if channel is None or channel.closed:
             if not settings.autocreate:
                 return _error(404, wire.STREAM_NOT_FOUND)
-            registry.create(name, request.headers.get(wire.EXPECT_CONTENT_HEADER, ""))
+            try:
+                registry.create(name, request.headers.get(wire.EXPECT_CONTENT_HEADER, ""))
+            except LimitExceededError as exc:
+                return _error(exc.status, exc.message)
         return _plain(200)
 
     @app.delete(f"{base}<name>")
@@ -189,11 +193,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
 
         @app.before_serving
         async def start_registry() -> None:
-            state.registry = ChannelRegistry(
-                app.nursery,
-                teardown_grace=settings.teardown_grace,
-                changefeed=settings.changefeed,
-            )
+            state.registry = ChannelRegistry.from_settings(app.nursery, settings)
             app.nursery.start_soon(
                 lambda: state.registry.run_sweeper(  # type: ignore[union-attr]
                     idle_timeout=settings.idle_timeout, sweep_interval=settings.sweep_interval
@@ -206,7 +206,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
             if state.registry is not None:
                 await state.registry.close_all()
 
-    app.asgi_app = SegmentStreams(app.asgi_app, state)  # type: ignore[method-assign]
+    app.asgi_app = Guard(SegmentStreams(app.asgi_app, state), state)  # type: ignore[method-assign]
     return app
 
 

@@ -22,7 +22,7 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 
 from ..channels import Channel, PublisherGone, PublishOutcome, ReadResult, SegmentWriter
 from ..core import wire
-from ..core.errors import ChannelClosedError
+from ..core.errors import ChannelClosedError, LimitExceededError
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -67,7 +67,9 @@ class SegmentStreams:
             await self._error(send, 400, wire.INVALID_IDX)
             return
         try:
-            name = wire.check_channel_name(route.channel)
+            name = wire.check_channel_name(
+                route.channel, max_length=self.state.settings.max_name_length
+            )
         except wire.InvalidChannelName:
             await self._error(send, 400, "Invalid channel name")
             return
@@ -96,7 +98,11 @@ class SegmentStreams:
             except HookFailed as exc:
                 await self._error(send, exc.status, exc.message, [CONNECTION_CLOSE])
                 return
-            channel = registry.create(name, header_value(scope, _CONTENT_TYPE))
+            try:
+                channel = registry.create(name, header_value(scope, _CONTENT_TYPE))
+            except LimitExceededError as exc:
+                await self._error(send, exc.status, exc.message, [CONNECTION_CLOSE])
+                return
         if channel is None:
             # Connection: close wakes up a Go publisher's idle preconnect at once.
             await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
@@ -138,6 +144,18 @@ def hook_request(scope: Any) -> HookRequest:
     )
 
 
+async def refuse(
+    send: ASGISendCallable,
+    channel: Channel,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer an error the way Go's ``http.Error`` does, and count it."""
+    channel.metrics.responses[status] += 1
+    await send_error(send, status, message, headers or ())
+
+
 # -- publish -----------------------------------------------------------------------------
 
 
@@ -153,21 +171,27 @@ async def serve_publisher(
 
     The answer: 200 + ``Lp-Trickle-Seq``; with ``Connection: close`` when the segment
     ended empty or was released before its first byte, plus ``Lp-Trickle-Closed`` when
-    the channel is closed. Nothing is sent to a publisher whose connection broke.
+    the channel is closed. Nothing is sent to a publisher whose connection broke. Limits:
+    413 when the segment reached ``max_segment_bytes`` (closed at the limit), 408 when a
+    preconnect idled past ``preconnect_timeout``, 429 for too many publishers.
 
     Cancellation: by the channel's teardown (via the lease): answered as closed. Any
     other cancellation propagates after the segment is closed with what was written.
     """
     try:
         lease = channel.publishers.lease()
-        with lease as scope:
-            writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
-            outcome = PublishOutcome.CHANNEL_CLOSED
-            with scope:
-                outcome = await writer.pump(_body_reader(receive))
-            await _answer_publisher(send, channel, writer.seq, outcome)
     except ChannelClosedError:
-        await _answer_publisher(send, channel, max(seq, channel.next_write), None)
+        await _answer_publisher(send, channel, seq if seq >= 0 else channel.next_write, None)
+        return
+    except LimitExceededError as exc:
+        await refuse(send, channel, exc.status, exc.message, [CONNECTION_CLOSE])
+        return
+    with lease as scope:
+        writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
+        outcome = PublishOutcome.CHANNEL_CLOSED
+        with scope:
+            outcome = await writer.pump(_body_reader(receive))
+        await _answer_publisher(send, channel, writer.seq, outcome)
 
 
 def _body_reader(receive: ASGIReceiveCallable) -> Any:
@@ -193,6 +217,12 @@ async def _answer_publisher(
     if outcome is PublishOutcome.ABORTED:
         return
     headers = [header(wire.SEQ_HEADER, seq)]
+    if outcome is PublishOutcome.TOO_LARGE:
+        await refuse(send, channel, 413, "Segment too large", [*headers, CONNECTION_CLOSE])
+        return
+    if outcome is PublishOutcome.TIMED_OUT:
+        await refuse(send, channel, 408, "Preconnect timed out", [*headers, CONNECTION_CLOSE])
+        return
     if outcome is not PublishOutcome.COMPLETE:
         if channel.closed:
             headers.append(CLOSED)
@@ -225,6 +255,9 @@ async def serve_subscriber(
     """
     try:
         lease = channel.subscribers.lease()
+    except LimitExceededError as exc:
+        await refuse(send, channel, exc.status, exc.message)
+        return
     except ChannelClosedError:
         seq = wire.resolve_read_seq(seq, channel.next_write)
         await _answer_missing(send, channel, ReadResult(seq, channel.next_write, None))

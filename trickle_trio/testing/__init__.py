@@ -66,11 +66,7 @@ def trickle_settings() -> Settings:
 @pytest.fixture
 def trickle_registry(nursery: trio.Nursery, trickle_settings: Settings) -> ChannelRegistry:
     """A registry whose channels live in the test's nursery (cancelled after the test)."""
-    return ChannelRegistry(
-        nursery,
-        teardown_grace=trickle_settings.teardown_grace,
-        changefeed=trickle_settings.changefeed,
-    )
+    return ChannelRegistry.from_settings(nursery, trickle_settings)
 
 
 @pytest.fixture

@@ -44,8 +44,10 @@ class Exchange:
         label: str | None = None,
         log: list[tuple[str, str]] | None = None,
         response_buffer: float = math.inf,
+        shield_sends: bool = False,
     ) -> None:
         self.app = app
+        self._shield_sends = shield_sends
         self.label = label or f"{method} {path}"
         self._log = log
         path_only, _, query = path.partition("?")
@@ -85,7 +87,12 @@ class Exchange:
         ):
             kind = "start" if message["type"] == "http.response.start" else "end"
             self._log.append((self.label, kind))
-        await self._response_send.send(message)
+        if self._shield_sends:
+            # As hypercorn's HTTP/1.1 send: not cancellable while the peer doesn't read.
+            with trio.CancelScope(shield=True):
+                await self._response_send.send(message)
+        else:
+            await self._response_send.send(message)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -174,15 +181,25 @@ async def open_exchange(
     label: str | None = None,
     log: list[tuple[str, str]] | None = None,
     response_buffer: float = math.inf,
+    shield_sends: bool = False,
 ) -> AsyncIterator[Exchange]:
     """Start a request against ``app``; the app runs until the block ends.
 
     ``body=None`` leaves the request body open (a streaming or preconnected POST);
     ``body=b"..."`` sends it whole. GETs and DELETEs get an empty body at once. On exit
-    the client disconnects and the app task is waited for.
+    the client disconnects and the app task is waited for. ``response_buffer=0`` with
+    ``shield_sends=True`` is a client that stopped reading, as hypercorn shows it to the
+    app (a send that blocks and can't be cancelled).
     """
     exchange = Exchange(
-        app, method, path, headers, label=label, log=log, response_buffer=response_buffer
+        app,
+        method,
+        path,
+        headers,
+        label=label,
+        log=log,
+        response_buffer=response_buffer,
+        shield_sends=shield_sends,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)

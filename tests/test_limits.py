@@ -1,0 +1,218 @@
+"""Limits and faults: each limit answers a clear 4xx, logs a line, and harms nobody else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trickle_trio import LocalPublisher
+from trickle_trio.channels import ChannelRegistry
+from trickle_trio.config import Settings
+from trickle_trio.core.errors import LimitExceededError
+from trickle_trio.http.app import create_app
+from trickle_trio.testing import open_exchange
+
+from .helpers import fetch, publish, request
+
+
+def app_for(nursery: trio.Nursery, **overrides: Any) -> tuple[Any, ChannelRegistry]:
+    settings = Settings(autocreate=True, **overrides)
+    registry = ChannelRegistry.from_settings(nursery, settings)
+    return create_app(settings, registry), registry
+
+
+async def test_segment_over_the_limit_gets_413_and_is_closed_at_the_limit(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = app_for(nursery, max_segment_bytes=10)
+    async with (
+        open_exchange(app, "POST", "/cam/0") as post,
+        open_exchange(app, "GET", "/cam/0") as get,
+    ):
+        await post.send_body(b"123456")
+        assert await get.read_chunk() == b"123456"
+        await post.send_body(b"7890abc")  # 13 bytes in all: 3 over
+        answer = await post.read_response()
+        rest = await get.read_response()
+    assert (answer.status, answer.body) == (413, b"Segment too large\n")
+    assert answer.headers["connection"] == "close"
+    assert answer.headers["lp-trickle-seq"] == "0"
+    assert rest.body == b"1234567890"  # ends cleanly, exactly at the limit
+    assert (await fetch(app, "cam", 0)).body == b"1234567890"
+    assert "limit hit limit=max_segment_bytes channel=cam seq=0 value=10" in caplog.messages
+    assert (await publish(app, "cam", 1, b"fits")).status == 200  # the channel goes on
+
+
+async def test_local_publisher_over_the_limit_raises_413(nursery: trio.Nursery) -> None:
+    _, registry = app_for(nursery, max_segment_bytes=4)
+    pub = LocalPublisher(registry, "cam")
+    pub.create_channel()
+    with pytest.raises(LimitExceededError) as info:
+        await pub.write(b"too long")
+    assert info.value.status == 413
+
+
+async def test_too_many_channels_is_429(nursery: trio.Nursery) -> None:
+    app, registry = app_for(nursery, max_channels=2)
+    assert (await publish(app, "a", 0, b"x")).status == 200
+    assert (await request(app, "POST", "/b")).status == 200
+    refused = await publish(app, "c", 0, b"x")
+    assert (refused.status, refused.body) == (429, b"Too many channels\n")
+    assert (await request(app, "POST", "/c")).status == 429
+    assert len(registry) == 2
+    await request(app, "DELETE", "/a")
+    assert (await publish(app, "c", 0, b"x")).status == 200
+
+
+async def test_too_many_subscribers_is_429_and_others_keep_streaming(
+    nursery: trio.Nursery,
+) -> None:
+    app, _ = app_for(nursery, max_subscribers_per_channel=2)
+    await request(app, "POST", "/cam")
+    async with (
+        open_exchange(app, "GET", "/cam/0") as one,
+        open_exchange(app, "GET", "/cam/0") as two,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await fetch(app, "cam", 0)
+        assert (refused.status, refused.body) == (429, b"Too many subscribers_per_channel\n")
+        await publish(app, "cam", 0, b"data")
+        assert (await one.read_response()).body == b"data"
+        assert (await two.read_response()).body == b"data"
+
+
+async def test_too_many_publishers_is_429(nursery: trio.Nursery) -> None:
+    app, _ = app_for(nursery, max_publishers_per_channel=1)
+    await request(app, "POST", "/cam")
+    async with open_exchange(app, "POST", "/cam/0") as idle:
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await publish(app, "cam", 0, b"x")
+        assert refused.status == 429
+        assert refused.headers["connection"] == "close"
+        await idle.end_body()
+        await idle.read_response()
+
+
+async def test_idle_preconnect_is_released_by_the_preconnect_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, registry = app_for(nursery, preconnect_timeout=30)
+    await request(app, "POST", "/cam")
+    async with (
+        open_exchange(app, "POST", "/cam/0") as idle,
+        open_exchange(app, "GET", "/cam/0") as waiting,
+    ):
+        start = trio.current_time()
+        answer = await idle.read_response()
+        assert trio.current_time() - start == pytest.approx(30)
+        assert answer.status == 408
+        assert answer.headers["connection"] == "close"
+        # The segment is untouched: the waiting subscriber still waits, next is still 0,
+        # and a retry of the same seq is served to it.
+        assert waiting.response is None
+        assert registry.get("cam").next_write == 0  # type: ignore[union-attr]
+        await publish(app, "cam", 0, b"retry")
+        assert (await waiting.read_response()).body == b"retry"
+    assert any(m.startswith("segment timed_out channel=cam seq=0") for m in caplog.messages)
+
+
+async def test_preconnect_timeout_off_by_default(
+    trickle_app: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    await request(trickle_app, "POST", "/cam")
+    async with open_exchange(trickle_app, "POST", "/cam/0") as idle:
+        await trio.sleep(24 * 3600)
+        assert idle.response is None
+        await idle.send_body(b"a day later")
+        await idle.end_body()
+        assert (await idle.read_response()).status == 200
+
+
+async def test_long_names_and_urls(nursery: trio.Nursery) -> None:
+    app, registry = app_for(nursery, max_name_length=8, max_url_length=40)
+    assert (await publish(app, "12345678", 0, b"x")).status == 200
+    assert (await publish(app, "123456789", 0, b"x")).status == 400
+    assert (await request(app, "POST", "/123456789")).status == 400
+    long_path = "/cam/" + "1" * 40
+    assert (await request(app, "GET", long_path)).status == 414
+    assert set(c.name for c in registry.channels()) == {"12345678"}
+
+
+async def test_too_many_requests_in_flight_is_429_but_probes_pass(
+    nursery: trio.Nursery,
+) -> None:
+    app, _ = app_for(nursery, max_requests=2)
+    await request(app, "POST", "/cam")
+    async with (
+        open_exchange(app, "GET", "/cam/0"),
+        open_exchange(app, "GET", "/cam/0"),
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await fetch(app, "cam", 0)).status == 429
+        assert (await request(app, "GET", "/healthz")).status == 200
+    assert (await request(app, "GET", "/cam/next")).status == 200
+
+
+async def test_far_ahead_preconnect_flood_does_not_move_the_live_edge(
+    trickle_app: Any, trickle_registry: ChannelRegistry
+) -> None:
+    await publish(trickle_app, "cam", 0, b"x")
+    async with trio.open_nursery() as nursery:
+        for seq in range(1000, 1020):
+            await nursery.start(_idle_post, trickle_app, f"/cam/{seq}")
+        await trio.testing.wait_all_tasks_blocked()
+        channel = trickle_registry.get("cam")
+        assert channel is not None
+        assert channel.next_write == 1  # evicted preconnects were let go, edge unmoved
+        assert len(channel.publishers) == 5  # only the window's worth stays attached
+        assert (await publish(trickle_app, "cam", -1, b"live")).headers["lp-trickle-seq"] == "1"
+        nursery.cancel_scope.cancel()
+
+
+async def _idle_post(app: Any, path: str, *, task_status: trio.TaskStatus[None]) -> None:
+    async with open_exchange(app, "POST", path) as post:
+        task_status.started()
+        await post.read_response()  # released by eviction (or cancelled at the end)
+
+
+async def test_slow_subscriber_does_not_slow_the_publisher_or_others(
+    trickle_app: Any, trickle_registry: ChannelRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    await request(trickle_app, "POST", "/cam")
+    # A client that stopped reading: its first send blocks, shielded, as in hypercorn.
+    async with (
+        open_exchange(trickle_app, "GET", "/cam/0", response_buffer=0, shield_sends=True) as stuck,
+        open_exchange(trickle_app, "GET", "/cam/0") as healthy,
+        open_exchange(trickle_app, "POST", "/cam/0") as post,
+    ):
+        for index in range(50):
+            await post.send_body(b"%d," % index)
+            await trio.testing.wait_all_tasks_blocked()
+        await post.end_body()
+        assert (await post.read_response()).status == 200
+        assert (await healthy.read_response()).body == b"".join(b"%d," % i for i in range(50))
+        assert stuck.response is None  # still blocked in its first send
+        for seq in range(1, 8):  # the window moves on regardless
+            assert (await publish(trickle_app, "cam", seq, b"later")).status == 200
+        start = trio.current_time()
+        assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        # The DELETE waited for the stuck subscriber no longer than the teardown grace.
+        assert trio.current_time() - start == pytest.approx(5.0)
+        assert "cam" not in trickle_registry
+        await stuck.read_response()  # the client reads again: the handler finishes
+
+
+@pytest.mark.parametrize("level", [logging.WARNING])
+async def test_limit_log_lines_are_warnings(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, level: int
+) -> None:
+    app, _ = app_for(nursery, max_channels=1)
+    await request(app, "POST", "/a")
+    await request(app, "POST", "/b")
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("limit hit")]
+    assert record.levelno == level
+    assert record.getMessage() == "limit hit limit=max_channels channel=b value=1"

@@ -1,0 +1,108 @@
+"""The outermost ASGI layer: access control and request-level limits.
+
+Every HTTP request passes here first:
+1. ``/healthz`` and ``/readyz`` go straight through (probes need neither tokens nor a
+   free request slot).
+2. A path longer than ``max_url_length`` gets 414.
+3. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1)
+   get 429.
+4. Bearer tokens, when configured: GET/HEAD of trickle routes need the subscribe or the
+   publish token; every other method, and ``/_status``, the publish token. ``/metrics``
+   holds no channel names and stays open. Tokens are compared in constant time; a 401
+   says nothing about channels.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from .responses import send_error
+from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+_PROBES = frozenset({"/healthz", "/readyz"})
+_OPEN = frozenset({"/metrics"})
+
+
+class Guard:
+    """ASGI middleware enforcing tokens and request-level limits in front of ``app``."""
+
+    def __init__(self, app: ASGIFramework, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        settings = state.settings
+        self._publish = _encode(settings.publish_token)
+        self._subscribe = _encode(settings.subscribe_token)
+        self._max_requests = settings.max_requests
+        self._max_url_length = settings.max_url_length
+        self.in_flight = 0
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http" or scope["path"] in _PROBES:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if len(path) > self._max_url_length:
+            logger.warning("limit hit limit=max_url_length value=%d", self._max_url_length)
+            await self._refuse(send, 414, "URI Too Long")
+            return
+        if self.in_flight >= self._max_requests:
+            logger.warning("limit hit limit=max_requests value=%d", self._max_requests)
+            await self._refuse(send, 429, "Too many requests", [(b"connection", b"close")])
+            return
+        if path not in _OPEN and not self._authorized(scope):
+            await self._refuse(
+                send, 401, "Unauthorized", [(b"www-authenticate", b'Bearer realm="trickle"')]
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _authorized(self, scope: Any) -> bool:
+        reading = scope["method"] in ("GET", "HEAD") and scope["path"] != "/_status"
+        needed = [self._publish]
+        if reading:
+            needed.append(self._subscribe)
+        if any(token is None for token in needed):
+            return True  # that kind of access is open
+        presented = _bearer(scope)
+        if presented is None:
+            return False
+        # Compare against every acceptable token, always, in constant time each.
+        matches = [hmac.compare_digest(presented, token) for token in needed if token]
+        return any(matches)
+
+    async def _refuse(
+        self,
+        send: ASGISendCallable,
+        status: int,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        if self.state.registry is not None:
+            self.state.registry.metrics.responses[status] += 1
+        await send_error(send, status, message, headers or ())
+
+
+def _encode(token: str | None) -> bytes | None:
+    return None if token is None else token.encode()
+
+
+def _bearer(scope: Any) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer" and token:
+                return token.strip()
+            return None
+    return None
