@@ -73,7 +73,9 @@ async def test_readers_share_the_same_bytes_objects() -> None:
     assert second[0] is payload
 
 
-async def test_wait_chunks_cancellation_leaves_segment_unchanged() -> None:
+async def test_wait_chunks_cancellation_leaves_segment_unchanged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     segment = Segment(0)
     with trio.move_on_after(1) as scope:
         await segment.wait_chunks(0)
