@@ -106,11 +106,24 @@ class Conn:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def send(self, *parts: bytes | memoryview) -> None:
+    async def send(self, *parts: bytes | bytearray | memoryview) -> None:
         """Send ``parts`` in order (one ``sendmsg`` when the socket buffer has room)."""
         if self.closed:
             raise HttpError("connection closed")
         sock = self.sock
+        if len(parts) == 1:
+            # Fast path: one buffer that the socket takes whole (the usual case).
+            try:
+                sent = sock.send(parts[0])
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.close()
+                raise HttpError(f"send failed: {exc}") from exc
+            if sent == len(parts[0]):
+                await self._maybe_yield()
+                return
+            parts = (memoryview(parts[0])[sent:],)
         views = [memoryview(p) for p in parts if len(p)]
         while views:
             try:

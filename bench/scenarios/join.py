@@ -30,7 +30,15 @@ from ..client import Conn, HttpError
 from ..servers import Endpoint
 from ..workers import Control
 from .common import C_ERRORS, C_UNITS, Outcome, Plan, Publisher, Subscriber, describe, percentile
-from .live import STAMP, ChannelState, ChunkSink, LiveConfig, run_publisher, run_subscriber
+from .live import (
+    STAMP,
+    ChannelState,
+    ChunkSink,
+    LiveConfig,
+    Pacer,
+    run_publisher,
+    run_subscriber,
+)
 
 
 @dataclass(frozen=True)
@@ -142,19 +150,32 @@ async def _channel(ctl: Control) -> dict[str, Any]:
     try:
         firsts = [await sub.request(0) for sub in subscribers]
         post = await publisher.preconnect(0)
+        pacer = Pacer()
         t0 = await ctl.ready()
         end = t0 + live.duration
 
         async def everything() -> None:
             with trio.move_on_at(end + live.grace + trio.current_time() - time.monotonic()):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        run_publisher, live, publisher, state, post, t0, end, lags, ctl.counters
-                    )
-                    for sub, first, sink in zip(subscribers, firsts, sinks, strict=True):
-                        nursery.start_soon(
-                            run_subscriber, live, sub, state, first, sink, errors, ctl.counters
+                    nursery.start_soon(pacer.run)
+                    async with trio.open_nursery() as channel:
+                        channel.start_soon(
+                            run_publisher,
+                            live,
+                            publisher,
+                            state,
+                            post,
+                            t0,
+                            end,
+                            pacer,
+                            lags,
+                            ctl.counters,
                         )
+                        for sub, first, sink in zip(subscribers, firsts, sinks, strict=True):
+                            channel.start_soon(
+                                run_subscriber, live, sub, state, first, sink, errors, ctl.counters
+                            )
+                    nursery.cancel_scope.cancel()
 
         await ctl.run_until_stopped(everything)
     except Exception as exc:

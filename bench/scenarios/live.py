@@ -22,6 +22,8 @@ Imports: stdlib, trio, the bench's client and ``common``.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import struct
 import time
@@ -218,6 +220,60 @@ class ChunkSink:
         self.latencies.append((now - t_ns) / 1e6)
 
 
+class Pacer:
+    """Wakes many tasks at their due times with a single timer.
+
+    ``trio.sleep_until`` per chunk costs a cancel scope and a raised-and-caught
+    ``Cancelled`` each time, a fifth of a publisher's CPU. Here a task parks in a heap
+    (``wait_until``) and one loop (``run``) reschedules every task that is due, waking
+    once per ``resolution`` at most; the stamp in the payload records when the write
+    really happened, so the coarser schedule does not bias the latency.
+    """
+
+    def __init__(self, resolution: float = 0.0005) -> None:
+        self.resolution = resolution
+        self._heap: list[list[Any]] = []
+        self._count = itertools.count()
+        self._offset = trio.current_time() - time.monotonic()
+        self._wakeup = trio.Event()
+
+    async def wait_until(self, when: float) -> None:
+        """Return at ``when`` (``time.monotonic`` seconds), or a little after.
+
+        Cancellation: the wait is abandoned and the entry dropped.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        entry = [when + self._offset, next(self._count), trio.lowlevel.current_task()]
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wakeup.set()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            entry[2] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def run(self) -> None:
+        """Wake due tasks, forever."""
+        heap = self._heap
+        while True:
+            self._wakeup = trio.Event()
+            if not heap:
+                await self._wakeup.wait()
+                continue
+            if heap[0][0] > trio.current_time():
+                with trio.move_on_at(heap[0][0]):
+                    await self._wakeup.wait()
+                continue
+            limit = trio.current_time() + self.resolution
+            while heap and heap[0][0] <= limit:
+                task = heapq.heappop(heap)[2]
+                if task is not None:
+                    trio.lowlevel.reschedule(task)
+            await trio.lowlevel.checkpoint()
+
+
 async def run_publisher(
     config: LiveConfig,
     publisher: Publisher,
@@ -225,13 +281,15 @@ async def run_publisher(
     first: Conn,
     start: float,
     end: float,
+    pacer: Pacer,
     lags: list[float],
     counters: memoryview,
 ) -> None:
     """Publish paced chunks from ``start`` to ``end`` (``time.monotonic`` seconds)."""
-    offset = trio.current_time() - time.monotonic()
-    filler = bytes(config.chunk_bytes - STAMP.size)
     prefix = chunk_prefix(config.chunk_bytes)
+    # One reused buffer per chunk: size line, stamp (packed in place), filler, CRLF.
+    template = bytearray(prefix + bytes(config.chunk_bytes) + b"\r\n")
+    stamp_at = len(prefix)
     per_segment = config.chunks_per_segment
     interval = config.interval
     conn = first
@@ -253,11 +311,11 @@ async def run_publisher(
             for index in range(per_segment):
                 if due >= end:
                     break
-                await trio.sleep_until(due + offset)
+                await pacer.wait_until(due)
                 now = time.monotonic_ns()
                 lags.append(now / 1e6 - due * 1e3)
-                stamp = STAMP.pack(MAGIC, state.index, seq, index, now)
-                await conn.send(prefix, stamp, filler, b"\r\n")
+                STAMP.pack_into(template, stamp_at, MAGIC, state.index, seq, index, now)
+                await conn.send(template)
                 state.written += 1
                 counters[C_AUX] += 1
                 if index == 0:
@@ -341,6 +399,7 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             for k in range(len(states)):
                 nursery.start_soon(set_up, k)
+        pacer = Pacer()
         t0 = await ctl.ready()
         end = t0 + config.duration
 
@@ -357,6 +416,7 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
                     post,
                     t0 + phase,
                     end,
+                    pacer,
                     lags,
                     counters,
                 )
@@ -376,8 +436,11 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
             # Publishers stop at ``end``; subscribers get ``grace`` to catch up.
             with trio.move_on_at(end + config.grace + trio.current_time() - time.monotonic()):
                 async with trio.open_nursery() as nursery:
-                    for k in range(len(states)):
-                        nursery.start_soon(channel, k)
+                    nursery.start_soon(pacer.run)
+                    async with trio.open_nursery() as channels:
+                        for k in range(len(states)):
+                            channels.start_soon(channel, k)
+                    nursery.cancel_scope.cancel()
 
         await ctl.run_until_stopped(everything)
     except Exception as exc:
