@@ -5,6 +5,7 @@ configures logging (besides the ``asgi`` entry point for plain hypercorn).
                        [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
                        [--certfile F --keyfile F] [--access-log -] [--log-format json]
     trickle-trio status URL
+    trickle-trio cluster [--workers N] [--port P] ...   (see trickle_trio/cluster.py)
 
 ``serve`` merges defaults < TOML file < ``TRICKLE_*`` environment < flags, prints the
 result (secrets masked) at start-up, and fails fast with one line on a bad value. A
@@ -22,6 +23,7 @@ from typing import Any
 
 import trio
 
+from . import cluster
 from .config import Settings, SettingsError, load_settings
 from .logs import configure_logging
 from .server import run_server
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="list a server's channels")
     status.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:2939")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    cluster.add_parser(sub)
     return parser
 
 
@@ -153,6 +156,19 @@ def _status(args: argparse.Namespace) -> int:
     return trio.run(show_status, args.url, args.json)
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    configure_logging(Settings(log_level=args.log_level))
+    try:
+        options = cluster.options_from_args(args)
+        if args.print_config:
+            sys.stdout.write(cluster.config_for_backends(options))
+            return 0
+        return trio.run(cluster.run_cluster, options)
+    except cluster.ClusterError as exc:
+        print(f"trickle-trio cluster: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "cluster":
+            return _cluster(args)
     except SettingsError as exc:
         print(f"trickle-trio: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,656 @@
+"""``trickle-trio cluster``: several ``trickle-trio serve`` processes behind HAProxy.
+
+One process uses one core and holds its channels' state, so a deployment that outgrows it
+shards channels: HAProxy hashes each request's channel name (the first path segment after
+the base path) onto one of N backends, consistently, and streams both ways. The config
+is ``deploy/haproxy.cfg.in``, rendered here for the backends at hand; ``deploy/README.md``
+explains each setting.
+
+    trickle-trio cluster [--workers N] [--host H] [--port P] [--base-path /p/]
+                         [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
+                         [--config FILE] [--stream-timeout S] [--run-dir DIR]
+    trickle-trio cluster --print-config --backend [ID=]HOST:PORT [--backend ...] [--port P]
+
+Lifecycle (:func:`run_cluster`): pick free loopback ports, start the backends, wait until
+each answers ``/healthz``, check and start HAProxy, wait until it routes to every shard,
+write ``cluster.json`` in the run directory, then supervise. On SIGTERM/SIGINT, HAProxy
+soft-stops first (it stops accepting; streams in flight go on), then every backend drains
+(subscribers end with ``Lp-Trickle-Closed`` and preconnects are released, through the
+still-running proxy), and HAProxy, with nothing left to carry, exits. A backend that dies
+is reported and not replaced: its channels answer 503 meanwhile, the others are untouched.
+HAProxy dying stops everything (exit status 1).
+
+Children run in their own sessions (a terminal's Ctrl-C reaches only this process, which
+orders the shutdown) and are sent SIGTERM by the kernel if this process dies
+(``PR_SET_PDEATHSIG``), so none of them outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import trio
+
+from .core.wire import normalize_base_path
+
+logger = logging.getLogger(__name__)
+
+#: The HAProxy config template, in the repository beside the package.
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg.in"
+#: How long backends and the proxy may take to answer after they are started.
+STARTUP_TIMEOUT = 30.0
+#: How long backends may take to drain (teardown grace + graceful timeout, with room).
+DRAIN_TIMEOUT = 30.0
+#: How long HAProxy may take to exit once the backends are gone, before a hard stop.
+PROXY_EXIT_TIMEOUT = 5.0
+#: HAProxy's own bound on a soft stop (``hard-stop-after``), a safety net.
+HARD_STOP_AFTER = "60s"
+#: The longest a trickle request idles by design with the backends' defaults:
+#: ``idle_timeout`` (300 s) + ``sweep_interval`` (60 s).
+DEFAULT_LONGEST_IDLE = 360.0
+_PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(Exception):
+    """The cluster cannot start or go on; the message is one line, fit for a CLI."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One backend as HAProxy sees it: name ``b<id>``, address, and its ring ``id``.
+
+    HAProxy's consistent-hash ring depends on the ids (and weights) only, so a channel's
+    shard is a function of its name and the set of ids, whatever the addresses.
+    """
+
+    id: int
+    host: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"b{self.id}"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @classmethod
+    def parse(cls, spec: str, default_id: int) -> Shard:
+        """``[ID=]HOST:PORT`` (``[v6]:PORT`` for IPv6); the id defaults to the position."""
+        ident, sep, address = spec.rpartition("=")
+        host, _, port = address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            shard = cls(int(ident) if sep else default_id, host, int(port))
+        except ValueError:
+            shard = None
+        if shard is None or not host or shard.id < 1 or not 0 < shard.port < 65536:
+            raise ClusterError(f"--backend wants [ID=]HOST:PORT with ID >= 1, not {spec!r}")
+        return shard
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What ``trickle-trio cluster`` was asked for. Durations in seconds."""
+
+    workers: int = 2
+    #: Address and port the proxy binds; backends always bind loopback.
+    host: str = "127.0.0.1"
+    port: int = 2939
+    base_path: str = "/"
+    autocreate: bool = True
+    changefeed: bool = False
+    #: Passed to every backend when set (else their default or configuration applies).
+    idle_timeout: float | None = None
+    #: A TOML settings file for every backend (``serve --config``).
+    config: str | None = None
+    #: HAProxy's client and server inactivity timeouts (idle streams are normal).
+    stream_timeout: float = 3600.0
+    #: Where configs, logs and ``cluster.json`` go; None = a temporary directory.
+    run_dir: str | None = None
+    haproxy: str | None = None
+    template: Path = TEMPLATE
+    log_level: str = "info"
+    #: Remote backends, for ``--print-config``.
+    backends: tuple[Shard, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """A running cluster, as written to ``cluster.json``."""
+
+    url: str
+    run_dir: str
+    proxy_pid: int
+    shards: list[dict[str, Any]]
+
+
+# --- the config --------------------------------------------------------------------------
+
+
+def channel_field(base_path: str) -> int:
+    """The ``field(N,/)`` index of the channel name in a request path under ``base_path``.
+
+    ``/cam/0`` splits into ``"", "cam", "0"``: field 2; each base path segment adds one.
+    """
+    return 2 + len([part for part in base_path.split("/") if part])
+
+
+def _duration(seconds: float) -> str:
+    """HAProxy's time syntax, in whole seconds when exact."""
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{round(seconds * 1000)}ms"
+
+
+def render_config(
+    shards: Sequence[Shard],
+    *,
+    bind: str,
+    base_path: str = "/",
+    stream_timeout: float = 3600.0,
+    template: Path = TEMPLATE,
+) -> str:
+    """The HAProxy config for ``shards``, listening on ``bind`` (``HOST:PORT``).
+
+    Raises:
+        ClusterError: the template cannot be read, or two shards share an id.
+    """
+    if len({shard.id for shard in shards}) != len(shards):
+        raise ClusterError("two backends have the same id")
+    try:
+        text = template.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClusterError(f"cannot read the HAProxy template {template}: {exc.strerror}") from None
+    base = normalize_base_path(base_path)
+    rules = (
+        f"    use-server {shard.name} if {{ var(txn.shard) -m str {shard.name} }}"
+        for shard in shards
+    )
+    servers = (f"    server {shard.name} {shard.address} id {shard.id}" for shard in shards)
+    return Template(text).substitute(
+        bind=bind,
+        hard_stop_after=HARD_STOP_AFTER,
+        stream_timeout=_duration(stream_timeout),
+        changes_path=f"{base}_changes",
+        shard_names=" ".join(shard.name for shard in shards),
+        channel_field=channel_field(base),
+        use_server_rules="\n".join(rules),
+        servers="\n".join(servers),
+    )
+
+
+def find_haproxy(explicit: str | None = None) -> str | None:
+    """The HAProxy binary: ``explicit``, else on PATH, else in the usual sbin folders."""
+    candidates = (
+        [explicit]
+        if explicit
+        else [shutil.which("haproxy"), "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+    )
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the kernel's pick)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel for SIGTERM when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the request took effect
+            os._exit(1)
+
+    return hook
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session with its output appended to ``log_path``.
+
+    Synchronous on purpose: PR_SET_PDEATHSIG fires when the *thread* that forked exits,
+    and ``trio.run_process`` forks from a worker thread that may retire at any time; this
+    runs on the thread of ``trio.run``, which lives as long as the cluster.
+    """
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),  # only prctl, resolved before the fork
+        )
+
+
+class Child:
+    """A process the cluster started: a backend or the proxy."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.popen = _spawn(argv, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def send_signal(self, signum: int) -> None:
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signum)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit (without blocking trio); its exit status."""
+        if self.popen.returncode is None:
+            pidfd_open: Callable[[int], int] | None = getattr(os, "pidfd_open", None)
+            try:
+                fd = pidfd_open(self.popen.pid) if pidfd_open is not None else None
+            except OSError:  # pragma: no cover - a kernel before 5.3
+                fd = None
+            if fd is None:  # pragma: no cover - not Linux
+                while self.running:  # ruff: ignore[async-busy-wait] - no exit notification
+                    await trio.sleep(0.05)
+            else:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                finally:
+                    os.close(fd)
+        return self.popen.wait()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+
+async def http_status(host: str, port: int, path: str) -> int:
+    """The status code of ``GET path`` on a fresh connection.
+
+    Raises:
+        OSError: no connection, or it closed before a status line.
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        await stream.send_all(request.encode("ascii"))
+        head = b""
+        while b"\r\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise OSError("connection closed before the status line")
+            head += data
+    try:
+        return int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP status line: {head[:40]!r}") from None
+
+
+async def _wait_answering(child: Child, host: str, port: int, path: str) -> None:
+    """Poll ``GET path`` until it answers 200; fail if ``child`` exits meanwhile."""
+    while True:
+        if not child.running:
+            raise ClusterError(
+                f"{child.name} exited with status {child.popen.returncode} while starting: "
+                f"{child.log_tail() or child.log_path}"
+            )
+        with contextlib.suppress(OSError):
+            if await http_status(host, port, path) == 200:
+                return
+        await trio.sleep(0.05)
+
+
+# --- the cluster -------------------------------------------------------------------------
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("cluster stopping signal=%s", signal.Signals(signum).name)
+            return
+
+
+def _backend_argv(options: ClusterOptions, shard: Shard) -> list[str]:
+    argv = [sys.executable, "-m", "trickle_trio", "serve"]
+    argv += ["--host", shard.host, "--port", str(shard.port), "--base-path", options.base_path]
+    argv.append("--autocreate" if options.autocreate else "--no-autocreate")
+    argv.append("--changefeed" if options.changefeed else "--no-changefeed")
+    if options.idle_timeout is not None:
+        argv += ["--idle-timeout", str(options.idle_timeout)]
+    if options.config is not None:
+        argv += ["--config", options.config]
+    return [*argv, "--log-level", options.log_level]
+
+
+def _open_run_dir(run_dir: str | None) -> Path:
+    """``run_dir`` (created if missing), or a fresh temporary directory."""
+    if run_dir is None:
+        return Path(tempfile.mkdtemp(prefix="trickle-cluster-"))
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list[Shard], Path, str]:
+    """Shards on free ports, the HAProxy config (checked by HAProxy) and its version."""
+    shards = [Shard(i, "127.0.0.1", free_port()) for i in range(1, options.workers + 1)]
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    config = render_config(
+        shards,
+        bind=f"{host}:{options.port}",
+        base_path=options.base_path,
+        stream_timeout=options.stream_timeout,
+        template=options.template,
+    )
+    config_path = run_dir / "haproxy.cfg"
+    config_path.write_text(config, encoding="utf-8")
+    check = subprocess.run(
+        [haproxy, "-c", "-q", "-f", str(config_path)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        detail = " | ".join((check.stderr or check.stdout).strip().splitlines()[-3:])
+        raise ClusterError(f"HAProxy rejects {config_path}: {detail}")
+    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, check=False)
+    words = version.stdout.split()  # "HAProxy version 2.6.12-1 2023/03/10 - https://..."
+    return shards, config_path, f"HAProxy {words[2]}" if len(words) > 2 else "HAProxy"
+
+
+async def run_cluster(
+    options: ClusterOptions,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    task_status: trio.TaskStatus[ClusterInfo] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the cluster until ``shutdown_trigger`` returns, then stop it in order.
+
+    Returns 0 after a requested stop, 1 when HAProxy died on its own.
+
+    Raises:
+        ClusterError: HAProxy is missing, rejects the config, or a process failed to start.
+    """
+    haproxy = find_haproxy(options.haproxy)
+    if haproxy is None:
+        raise ClusterError(
+            "haproxy not found: install it (Debian/Ubuntu: apt-get install haproxy) "
+            "or pass --haproxy PATH"
+        )
+    longest_idle = (
+        DEFAULT_LONGEST_IDLE if options.idle_timeout is None else options.idle_timeout + 60
+    )
+    if options.stream_timeout <= longest_idle:
+        logger.warning(
+            "stream_timeout=%s is not above idle_timeout + sweep_interval (~%ss): "
+            "HAProxy may cut idle preconnects and waiting subscribers",
+            options.stream_timeout,
+            longest_idle,
+        )
+    port = options.port or free_port(options.host)
+    options = dataclasses.replace(options, port=port)
+    run_dir = await trio.to_thread.run_sync(_open_run_dir, options.run_dir)
+    backends: list[Child] = []
+    proxy: Child | None = None
+    code = 0
+    try:
+        shards, config_path, version = await trio.to_thread.run_sync(
+            _prepare, options, haproxy, run_dir
+        )
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_trigger(*, task_status: trio.TaskStatus[None]) -> None:
+                task_status.started()  # a signal receiver is installed by now or soon after
+                await shutdown_trigger()
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(stop_on_trigger)
+            with trio.fail_after(STARTUP_TIMEOUT):
+                for shard in shards:
+                    argv = _backend_argv(options, shard)
+                    backends.append(Child(shard.name, argv, run_dir / f"{shard.name}.log"))
+                for shard, child in zip(shards, backends, strict=True):
+                    await _wait_answering(child, shard.host, shard.port, "/healthz")
+                argv = [haproxy, "-db", "-f", str(config_path)]
+                proxy = Child("haproxy", argv, run_dir / "haproxy.log")
+                for shard in shards:
+                    path = f"/_shard/{shard.name}/healthz"
+                    await _wait_answering(proxy, options.host, port, path)
+            info = _announce(options, run_dir, version, proxy, shards, backends)
+            task_status.started(info)
+            for child in backends:
+                nursery.start_soon(_report_exit, child)
+            code = await _watch_proxy(proxy)
+            nursery.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise ClusterError(f"not serving after {STARTUP_TIMEOUT:g} s; logs in {run_dir}") from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop(proxy, backends)
+        if options.run_dir is None:
+            await trio.to_thread.run_sync(partial(shutil.rmtree, run_dir, ignore_errors=True))
+    logger.info("cluster stopped")
+    return code
+
+
+def _announce(
+    options: ClusterOptions,
+    run_dir: Path,
+    version: str,
+    proxy: Child,
+    shards: list[Shard],
+    backends: list[Child],
+) -> ClusterInfo:
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    url = f"http://{host}:{options.port}{normalize_base_path(options.base_path)}"
+    listing = [
+        {
+            "name": shard.name,
+            "id": shard.id,
+            "url": shard.url,
+            "pid": child.pid,
+            "log": str(child.log_path),
+            "via_proxy": f"http://{host}:{options.port}/_shard/{shard.name}/",
+        }
+        for shard, child in zip(shards, backends, strict=True)
+    ]
+    info = ClusterInfo(url.rstrip("/"), str(run_dir), proxy.pid, listing)
+    state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
+    (run_dir / "cluster.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    logger.info(
+        "cluster serving %s workers=%d proxy=%s stream_timeout=%s autocreate=%s run_dir=%s",
+        url,
+        len(shards),
+        version,
+        _duration(options.stream_timeout),
+        "on" if options.autocreate else "off",
+        run_dir,
+    )
+    for entry in listing:
+        logger.info(
+            "shard %s %s pid=%d via %s",
+            entry["name"],
+            entry["url"],
+            entry["pid"],
+            entry["via_proxy"],
+        )
+    return info
+
+
+async def _report_exit(child: Child) -> None:
+    status = await child.wait()
+    logger.warning(
+        "shard %s exited status=%s: its channels answer 503 until it is back, the others "
+        "are unaffected (log: %s)",
+        child.name,
+        status,
+        child.log_path,
+    )
+
+
+async def _watch_proxy(proxy: Child) -> int:
+    status = await proxy.wait()
+    logger.error(
+        "haproxy exited status=%s; stopping the cluster: %s", status, proxy.log_tail() or "-"
+    )
+    return 1
+
+
+async def _stop(proxy: Child | None, backends: list[Child]) -> None:
+    """Soft-stop the proxy, drain every backend through it, then let the proxy go."""
+    if proxy is not None:
+        proxy.send_signal(signal.SIGUSR1)  # no new connections; streams in flight go on
+    for child in backends:
+        child.send_signal(signal.SIGTERM)  # trickle-trio serve drains, then exits
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for child in backends:
+                nursery.start_soon(child.wait)
+    for child in backends:
+        if child.running:
+            logger.warning("shard %s still draining after %ss; killed", child.name, DRAIN_TIMEOUT)
+            child.send_signal(signal.SIGKILL)
+        await child.wait()
+    if proxy is None:
+        return
+    with trio.move_on_after(PROXY_EXIT_TIMEOUT):
+        await proxy.wait()
+    if proxy.running:
+        logger.warning("haproxy still up %ss after the backends; hard stop", PROXY_EXIT_TIMEOUT)
+        proxy.send_signal(signal.SIGTERM)
+        with trio.move_on_after(PROXY_EXIT_TIMEOUT):
+            await proxy.wait()
+        proxy.send_signal(signal.SIGKILL)
+    await proxy.wait()
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``cluster`` on the ``trickle-trio`` subcommands."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "cluster",
+        help="run N servers behind HAProxy, channels sharded by name",
+        description=__doc__.split("\n")[0] if __doc__ else None,
+    )
+    add = parser.add_argument
+    add("--workers", type=_positive_int, default=2, help="backend processes (default 2)")
+    add("--host", default="127.0.0.1", help="address the proxy binds (default 127.0.0.1)")
+    add("--port", type=int, default=2939, help="port the proxy binds (default 2939; 0 = any)")
+    add("--base-path", default="/", help="path prefix of every route (default /)")
+    add("--autocreate", action=argparse.BooleanOptionalAction, default=True, help="(default on)")
+    add("--changefeed", action=argparse.BooleanOptionalAction, default=False, help="per shard")
+    add("--idle-timeout", type=float, help="seconds before idle channels go (backends)")
+    add("--config", help="TOML settings file for every backend (as serve --config)")
+    add(
+        "--stream-timeout",
+        type=float,
+        default=3600.0,
+        help="HAProxy's idle timeout for streams, above idle-timeout + sweep (default 3600)",
+    )
+    add("--run-dir", help="keep config, logs and cluster.json here (default: a temp dir)")
+    add("--haproxy", help="the HAProxy binary (default: haproxy on PATH or in /usr/sbin)")
+    add("--template", default=str(TEMPLATE), help="HAProxy config template")
+    add("--log-level", default="info", help="debug, info, warning, error (default info)")
+    add(
+        "--print-config",
+        action="store_true",
+        help="print the HAProxy config for the --backend list and exit",
+    )
+    add(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="[ID=]HOST:PORT",
+        help="a remote backend for --print-config, repeatable (ids default to 1, 2, ...)",
+    )
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> ClusterOptions:
+    """The options of a parsed ``cluster`` command line."""
+    backends = tuple(Shard.parse(spec, i) for i, spec in enumerate(args.backend, start=1))
+    if args.print_config and not backends:
+        raise ClusterError("--print-config needs at least one --backend HOST:PORT")
+    if not 0 <= args.port <= 65535:
+        raise ClusterError(f"port must be 0..65535, not {args.port}")
+    return ClusterOptions(
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        base_path=args.base_path,
+        autocreate=args.autocreate,
+        changefeed=args.changefeed,
+        idle_timeout=args.idle_timeout,
+        config=args.config,
+        stream_timeout=args.stream_timeout,
+        run_dir=args.run_dir,
+        haproxy=args.haproxy,
+        template=Path(args.template),
+        log_level=args.log_level,
+        backends=backends,
+    )
+
+
+def config_for_backends(options: ClusterOptions) -> str:
+    """``--print-config``: the HAProxy config for the remote ``options.backends``."""
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    return render_config(
+        options.backends,
+        bind=f"{host}:{options.port}",
+        base_path=options.base_path,
+        stream_timeout=options.stream_timeout,
+        template=options.template,
+    )
