@@ -23,6 +23,13 @@ from typing import Any
 from .procstat import cpu_count
 from .runner import SCENARIOS, RunRecord
 
+#: The figure each scenario's bar chart shows.
+HEADLINE = {
+    "fanout": ("mb_s", "delivered MB/s"),
+    "small": ("segments_s", "segments/s"),
+    "live": ("p99_ms", "p99 latency (ms)"),
+    "join": ("cur_p99_ms", "GET -2 time to first byte, p99 (ms)"),
+}
 _PACKAGES = ("trickle-trio", "trio", "hypercorn", "h11", "quart", "quart-trio")
 
 
@@ -92,7 +99,7 @@ def summary(records: list[RunRecord]) -> list[dict[str, Any]]:
             values = [
                 r.outcome.metrics[key]
                 for r in good
-                if r.outcome is not None and not math.isnan(r.outcome.metrics[key])
+                if r.outcome is not None and not math.isnan(r.outcome.metrics.get(key, math.nan))
             ]
             if values:
                 metrics[key] = {
@@ -134,7 +141,7 @@ def markdown(records: list[RunRecord], find_max: list[dict[str, Any]] | None = N
             row = [config, target]
             for key, _, fmt in columns:
                 row.append(
-                    _fold([r.outcome.metrics[key] for r in good if r.outcome is not None], fmt)
+                    _fold([r.outcome.metrics.get(key, math.nan) for r in good if r.outcome], fmt)
                 )
             row.append(_checks(group))
             servers = [r.usage.server for r in good if r.usage is not None and r.usage.server]
@@ -264,12 +271,12 @@ def plot(records: list[RunRecord], directory: Path) -> list[Path]:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
-    # Throughput (the scenario's first metric) per configuration: bars per target.
+    # The headline figure per configuration: bars per target.
     by_scenario: dict[str, list[RunRecord]] = {}
     for r in records:
         by_scenario.setdefault(r.scenario, []).append(r)
     for scenario, recs in by_scenario.items():
-        key, header, _ = SCENARIOS[scenario][1][0]
+        key, header = HEADLINE[scenario]
         groups = _groups(recs)
         configs = list(dict.fromkeys(c for _, c, _ in groups))
         targets = list(dict.fromkeys(t for _, _, t in groups))
@@ -279,10 +286,11 @@ def plot(records: list[RunRecord], directory: Path) -> list[Path]:
             medians, lows, highs = [], [], []
             for config in configs:
                 values = [
-                    r.outcome.metrics[key]
+                    r.outcome.metrics.get(key, math.nan)
                     for r in groups.get((scenario, config, target), [])
                     if r.outcome is not None
                 ]
+                values = [v for v in values if not math.isnan(v)]
                 med = statistics.median(values) if values else 0.0
                 medians.append(med)
                 lows.append(med - min(values) if values else 0.0)

@@ -162,6 +162,13 @@ class Runner:
                 outcome, usage = await self._measure(module, config, endpoint, tag)
             record.outcome, record.usage = outcome, usage
             record.warning = usage.bottleneck_warning()
+            channels = getattr(config, "channels", None)
+            server = usage.server
+            if channels and server and server.peak_rss and server.rss_before:
+                # Fresh server per run: what the load added, per channel.
+                outcome.metrics["rss_per_channel_kib"] = (
+                    (server.peak_rss - server.rss_before) / channels / 1024
+                )
         except Exception as exc:
             # One failed measurement must not end the session: record it and go on.
             record.error = describe(exc)
@@ -349,7 +356,10 @@ def summary_line(record: RunRecord) -> str:
     assert record.outcome is not None
     assert record.usage is not None
     _, columns = SCENARIOS[record.scenario]
-    parts = [f"{header} {fmt.format(record.outcome.metrics[key])}" for key, header, fmt in columns]
+    metrics = record.outcome.metrics
+    parts = [
+        f"{header} {fmt.format(metrics[key])}" for key, header, fmt in columns if key in metrics
+    ]
     usage = record.usage
     if usage.server is not None:
         parts.append(f"server {usage.server.busy:.0%} CPU")

@@ -108,6 +108,7 @@ METRICS = [
     ("p99_ms", "p99 ms", "{:.1f}"),
     ("max_ms", "max ms", "{:.0f}"),
     ("delivered", "delivered", "{:.4f}"),
+    ("rss_per_channel_kib", "KiB/ch", "{:.0f}"),
 ]
 
 
@@ -144,7 +145,7 @@ def summarize(config: LiveConfig, results: list[dict[str, Any]]) -> Outcome:
             "CPU and offered less load than asked"
         )
     checks = {"lost": max(0, expected - received), "corrupt": corrupt, "errors": len(errors)}
-    return Outcome(metrics, checks, {"latency_ms": latencies}, notes)
+    return Outcome(metrics, checks, {"latency (ms)": latencies}, notes)
 
 
 def passes(outcome: Outcome, bound_ms: float) -> bool:

@@ -160,7 +160,7 @@ def summarize(config: StreamConfig, results: list[dict[str, Any]]) -> Outcome:
         "errors": len(pub["errors"]) + sum(len(s["errors"]) for s in subs),
     }
     notes = (pub["errors"] + [e for s in subs for e in s["errors"]])[:5]
-    samples = {"latency_ms": latencies} if config.kind == "small" else {}
+    samples = {"latency (ms)": latencies} if config.kind == "small" else {}
     return Outcome(metrics, checks, samples, notes)
 
 
