@@ -168,3 +168,23 @@ async def test_tls(tmp_path: object) -> None:
             await conn.end()
             assert (await conn.response()).headers["lp-trickle-seq"] == "0"
             await conn.aclose()
+
+
+KEEP_ALIVE = 0.2
+
+
+async def test_no_server_timeout_cuts_an_idle_preconnect() -> None:
+    """hypercorn can't send the reference's 100 Continue keepalives; instead nothing in
+    the stack times an in-flight request out: its keep-alive timeout only applies
+    between requests, and there is no read timeout."""
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, keep_alive_timeout=KEEP_ALIVE)
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            preconnect = await connect(server.url)
+            await preconnect.start("POST", "/cam/0")
+            await trio.sleep(5 * KEEP_ALIVE)  # the point of the test: real idle time
+            await preconnect.send(b"late but fine")
+            await preconnect.end()
+            assert (await preconnect.response()).status == 200
+            await preconnect.aclose()
+            assert (await call(server.url, "GET", "/cam/0")).body == b"late but fine"

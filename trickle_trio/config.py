@@ -57,6 +57,10 @@ class Settings:
     teardown_grace: float = 5.0
     #: hypercorn's graceful_timeout, applied after the channels have been drained.
     graceful_timeout: float = 5.0
+    #: hypercorn's keep_alive_timeout: how long an idle connection *between* requests
+    #: stays open. It never applies while a request is in flight, so it can't cut an
+    #: idle preconnect.
+    keep_alive_timeout: float = 5.0
     #: TLS certificate and key (PEM); both or neither.
     certfile: str | None = None
     keyfile: str | None = None
@@ -102,7 +106,13 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0..65535, not {self.port}")
-        for name in ("idle_timeout", "sweep_interval", "teardown_grace", "graceful_timeout"):
+        for name in (
+            "idle_timeout",
+            "sweep_interval",
+            "teardown_grace",
+            "graceful_timeout",
+            "keep_alive_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, not {getattr(self, name)}")
         for name in (

@@ -35,6 +35,7 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout
+    config.keep_alive_timeout = settings.keep_alive_timeout
     config.include_server_header = False
     config.read_timeout = None  # would kill idle preconnects
     config.h11_max_incomplete_size = settings.max_header_bytes
