@@ -182,8 +182,9 @@ def markdown(records: list[RunRecord], find_max: list[dict[str, Any]] | None = N
                 f"{p['channels']}{'✓' if p['passed'] else '✗'}" for p in result["probes"]
             )
             p99 = result["p99_ms_at_max"]
+            bound = result["limited_by_generator"] or result["failure_generator_bound"]
             max_c = str(result["max_channels"]) + (
-                " (lower bound: generator-bound)" if result["limited_by_generator"] else ""
+                " (lower bound: generator-bound)" if bound else ""
             )
             lines.append(
                 f"| {result['target']} | {max_c} | {'-' if p99 is None else f'{p99:.1f}'} | "

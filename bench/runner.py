@@ -162,6 +162,10 @@ class Runner:
                 outcome, usage = await self._measure(module, config, endpoint, tag)
             record.outcome, record.usage = outcome, usage
             record.warning = usage.bottleneck_warning()
+            lag = outcome.metrics.get("lag_p99_ms", 0.0)
+            if lag > 10:
+                lagging = f"publishers {lag:.0f} ms (p99) behind their schedule"
+                record.warning = f"{record.warning}; {lagging}" if record.warning else lagging
             channels = getattr(config, "channels", None)
             server = usage.server
             if channels and server and server.peak_rss and server.rss_before:
@@ -318,12 +322,16 @@ class _Search:
     def result(self, label: str, bound_ms: float) -> dict[str, Any]:
         best = [runs for channels, ok, runs in self.probes if ok and channels == self.lo]
         warnings = [r.warning for runs in best for r in runs if r.warning]
+        failing = [runs for channels, ok, runs in self.probes if not ok and channels == self.hi]
+        failing_warnings = [r.warning for runs in failing for r in runs if r.warning]
         return {
             "target": label,
             "max_channels": self.lo,
             "first_failing": self.hi,
             "bound_ms": bound_ms,
             "limited_by_generator": bool(warnings),
+            # The first failing probe was generator-bound: the server may carry more.
+            "failure_generator_bound": bool(failing_warnings),
             "p99_ms_at_max": (
                 statistics.median(
                     r.outcome.metrics["p99_ms"] for r in best[0] if r.outcome is not None
