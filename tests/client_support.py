@@ -33,18 +33,8 @@ async def wait_until(predicate: Callable[[], object], *, poll: float = 0.005) ->
         await trio.sleep(poll)
 
 
-def task_count() -> int:
-    """Every task alive in this run (the test's own included)."""
-
-    def count(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(
-            count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
-        )
-
-    return count(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
-
-
 def task_names() -> list[str]:
+    """The names of every task in this run."""
     names: list[str] = []
 
     def walk(task: trio.lowlevel.Task) -> None:
@@ -53,7 +43,9 @@ def task_names() -> list[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
     return names
 
 

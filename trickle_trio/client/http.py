@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import select
 import ssl
 from collections import deque
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT: Final = "trickle-trio"
 _RECEIVE_SIZE: Final = 65536
+#: What h11 accepts as a request target (visible ASCII).
+_TARGET_RE: Final = re.compile(r"[\x21-\x7e]+")
 #: Bodies of small answers (errors, ``/next``) are read up to this size.
 MAX_SMALL_BODY: Final = 64 * 1024
 
@@ -172,17 +175,23 @@ def split_url(url: str) -> tuple[Origin, str]:
     """``"http://h:1/a/b?q"`` -> ``(Origin("http", "h", 1), "/a/b?q")``.
 
     Raises:
-        ValueError: not an absolute http or https URL.
+        ValueError: not an absolute http or https URL, or characters a request target
+            cannot carry (spaces, controls: percent-encode them).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {url!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    return Origin(scheme, parts.hostname, port), target
+    if not _TARGET_RE.fullmatch(target):
+        raise ValueError(f"invalid characters in URL path (percent-encode them): {url!r}")
+    return Origin(scheme, parts.hostname, port or (443 if scheme == "https" else 80)), target
 
 
 def make_ssl_context(*, insecure: bool = False, cafile: str | None = None) -> ssl.SSLContext:
@@ -361,19 +370,23 @@ class Transport:
 
         Raises:
             TransportError, TransportTimeout: connecting or sending the head failed.
+            ValueError: the URL or a header cannot be sent.
         """
         origin, target = split_url(url)
-        conn = None if fresh else await self._checkout(origin)
-        reused = conn is not None
-        if conn is None:
-            conn = await self._connect(origin, url)
         all_headers = [("Host", origin.host_header), ("User-Agent", USER_AGENT), *headers]
         if content_length is None:
             all_headers.append(("Transfer-Encoding", "chunked"))
         elif content_length or method not in ("GET", "HEAD", "DELETE"):
             all_headers.append(("Content-Length", str(content_length)))
+        try:
+            request = h11.Request(method=method, target=target, headers=all_headers)
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"cannot send {method} {url}: {exc}") from None
+        conn = None if fresh else await self._checkout(origin)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(origin, url)
         exchange = Exchange(self, conn, url, reused=reused)
-        request = h11.Request(method=method, target=target, headers=all_headers)
         try:
             await exchange._write(request)
             if content_length == 0:

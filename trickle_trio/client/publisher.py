@@ -34,7 +34,15 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
 from ._util import answer_error, header_int, single_error
-from .http import Exchange, ResponseArrived, ResponseHead, Timeouts, Transport, TransportError
+from .http import (
+    Exchange,
+    ResponseArrived,
+    ResponseHead,
+    Timeouts,
+    Transport,
+    TransportError,
+    split_url,
+)
 from .stats import PublisherCounts, PublisherStats
 
 __all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
@@ -382,6 +390,7 @@ class Publisher:
         if start < wire.SEQ_NEXT:
             raise ValueError(f"start must be >= 0 or -1, not {start}")
         self.url = url.rstrip("/")
+        split_url(self.url)  # a bad URL fails here, not in a background task
         self.mime_type = mime_type
         self.close_timeout = close_timeout
         self._nursery = nursery

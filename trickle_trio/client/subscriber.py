@@ -10,7 +10,9 @@ Python SDK, on trio):
   the subscription.
 - As soon as a segment's head has arrived, the segment is handed to the caller and the
   GET for seq + 1 starts in the background (the preconnect).
-- ``Lp-Trickle-Closed`` ends the iteration; 404 raises :class:`ChannelNotFoundError`;
+- ``Lp-Trickle-Closed`` ends the iteration; 404 raises :class:`ChannelNotFoundError`
+  (or, once segments of the channel have been read, ends the iteration: the channel
+  was deleted between two GETs);
   470 raises :class:`SegmentNotFoundError` or, with ``on_gap="jump"``, moves to the live
   edge and counts it. A segment of zero bytes is an ordinary, empty segment.
 
@@ -38,6 +40,7 @@ from .http import (
     Transport,
     TransportError,
     TransportTimeout,
+    split_url,
 )
 from .stats import SubscriberCounts, SubscriberStats
 
@@ -74,7 +77,8 @@ class SubscriberSegment:
         seq: the segment's seq (``Lp-Trickle-Seq``).
         latest: the channel's next write when the server answered (``Lp-Trickle-Latest``,
             or ``seq`` when the header is absent).
-        content_type: the channel's MIME type (``Content-Type``).
+        content_type: the channel's MIME type (``Content-Type``; an empty segment's
+            answer may lack it, and then the last one seen on the channel is used).
         headers: every response header, looked up case-insensitively.
         size: bytes the server had buffered when it answered (``Lp-Trickle-Size``), if
             it said so.
@@ -86,7 +90,8 @@ class SubscriberSegment:
         self.seq = seq
         self.latest = latest
         self.headers: Headers = head.headers
-        self.content_type = head.headers.get("Content-Type", "")
+        self.content_type = head.headers.get("Content-Type", subscriber._content_type)
+        subscriber._content_type = self.content_type
         size = header_int(head.headers, wire.SIZE_HEADER, -1)
         self.size = size if size >= 0 else None
         self._subscriber = subscriber
@@ -173,6 +178,7 @@ class Subscriber:
         if on_gap not in ("raise", "jump"):
             raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
         self.url = url.rstrip("/")
+        split_url(self.url)  # a bad URL fails here, not in a background task
         self._nursery = nursery
         self._transport = transport
         self._on_gap = on_gap
@@ -185,6 +191,7 @@ class Subscriber:
         self._preconnect: _Get | None = None
         self._discarded: list[_Get] = []
         self._current: SubscriberSegment | None = None
+        self._content_type = ""
         self._ended = False
         self._closed = False
         self._counts = SubscriberCounts()
@@ -238,7 +245,8 @@ class Subscriber:
         """The next segment, once its head has arrived; ``None`` at the end of the stream.
 
         Raises:
-            ChannelNotFoundError: 404.
+            ChannelNotFoundError: 404 before any segment was read (after one, a 404 means
+                the channel was deleted between two GETs: the end of the stream).
             SegmentNotFoundError: 470 (unless ``on_gap="jump"``), with seq and latest.
             HTTPError: another 4xx, or a 5xx that outlasted the retries.
             TransportError: the server could not be reached, more than
@@ -271,6 +279,11 @@ class Subscriber:
             if head.status == 404:
                 self._counts.get_404 += 1
                 await exchange.aclose()
+                if self._counts.segments_delivered:
+                    # It was there: deleted between two GETs (a preconnect that reached
+                    # the server after the DELETE). That is the end of the stream.
+                    self._ended = True
+                    return None
                 raise ChannelNotFoundError(self.url)
             seq = header_int(headers, wire.SEQ_HEADER, max(get.seq, 0))
             latest = header_int(headers, wire.LATEST_HEADER, -1)
