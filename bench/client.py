@@ -50,7 +50,17 @@ class Head:
 class Conn:
     """One keep-alive HTTP/1.1 connection to ``host:port``."""
 
-    __slots__ = ("_fast", "_pending", "_rbuf", "_rview", "closed", "host", "idle_since", "sock")
+    __slots__ = (
+        "_end",
+        "_fast",
+        "_rbuf",
+        "_rview",
+        "_start",
+        "closed",
+        "host",
+        "idle_since",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket, host: bytes) -> None:
         self.sock = sock
@@ -58,8 +68,9 @@ class Conn:
         self.closed = False
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        # Bytes received but not consumed yet (a head's tail, the next response, ...).
-        self._pending = b""
+        # Received but not yet consumed: ``_rbuf[_start:_end]``.
+        self._start = 0
+        self._end = 0
         self._fast = 0
         #: ``time.monotonic()`` when it last went back to a pool.
         self.idle_since = 0.0
@@ -88,7 +99,7 @@ class Conn:
 
     def peer_closed(self) -> bool:
         """True if the server has closed (or reset) this idle connection."""
-        if self.closed or self._pending:
+        if self.closed or self._start < self._end:
             return self.closed
         try:
             self.sock.recv(1, socket.MSG_PEEK)
@@ -158,12 +169,25 @@ class Conn:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def _recv_into(self) -> int:
-        """Receive into the reused buffer; the number of bytes, 0 at EOF."""
+    async def _fill(self) -> int:
+        """Receive more bytes after the unconsumed ones; how many (0 at EOF).
+
+        Unconsumed bytes (a partial head or size line: small) move to the front first.
+        """
+        start, end = self._start, self._end
+        if end - start > RECV_SIZE // 2:
+            raise HttpError("response head or chunk line too long")
+        if start == end:
+            start = end = 0
+        elif start:
+            self._rbuf[: end - start] = self._rview[start:end]
+            start, end = 0, end - start
+        self._start, self._end = start, end
         sock = self.sock
+        view = self._rview[end:]
         while True:
             try:
-                n = sock.recv_into(self._rbuf)
+                n = sock.recv_into(view)
             except BlockingIOError:
                 self._fast = 0
                 await trio.lowlevel.wait_readable(sock)
@@ -171,25 +195,22 @@ class Conn:
             except OSError as exc:
                 self.close()
                 raise HttpError(f"recv failed: {exc}") from exc
+            self._end = end + n
             await self._maybe_yield()
             return n
 
     async def read_head(self) -> Head:
         """Read a response's status line and headers (1xx responses are skipped)."""
-        data = self._pending
+        rbuf = self._rbuf
         while True:
-            end = data.find(b"\r\n\r\n")
+            end = rbuf.find(b"\r\n\r\n", self._start, self._end)
             while end < 0:
-                if len(data) > 65536:
-                    raise HttpError("response head too long")
-                n = await self._recv_into()
-                if not n:
+                if not await self._fill():
                     self.close()
                     raise HttpError("connection closed before the response head")
-                data += self._rbuf[:n]
-                end = data.find(b"\r\n\r\n")
-            lines = data[:end].decode("latin-1").split("\r\n")
-            data = data[end + 4 :]
+                end = rbuf.find(b"\r\n\r\n", self._start, self._end)
+            lines = rbuf[self._start : end].decode("latin-1").split("\r\n")
+            self._start = end + 4
             parts = lines[0].split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
                 raise HttpError(f"bad status line {lines[0]!r}")
@@ -200,7 +221,6 @@ class Conn:
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            self._pending = bytes(data)
             return Head(status, headers)
 
     async def read_body(self, head: Head, on_data: Callable[[memoryview], object]) -> int:
@@ -229,52 +249,40 @@ class Conn:
 
     async def _read_length(self, length: int, on_data: Callable[[memoryview], object]) -> int:
         remaining = length
-        pending = self._pending
-        if pending:
-            take = min(len(pending), remaining)
-            on_data(memoryview(pending)[:take])
-            self._pending = pending[take:]
-            remaining -= take
-        while remaining:
-            n = await self._recv_into()
-            if not n:
+        while True:
+            take = min(remaining, self._end - self._start)
+            if take:
+                on_data(self._rview[self._start : self._start + take])
+                self._start += take
+                remaining -= take
+            if not remaining:
+                return length
+            if not await self._fill():
                 self.close()
                 raise HttpError("connection closed inside a body")
-            if n > remaining:
-                on_data(self._rview[:remaining])
-                self._pending = bytes(self._rbuf[remaining:n])
-                remaining = 0
-            else:
-                on_data(self._rview[:n])
-                remaining -= n
-        return length
 
     async def _read_until_close(self, on_data: Callable[[memoryview], object]) -> int:
-        total = len(self._pending)
-        if self._pending:
-            on_data(memoryview(self._pending))
-            self._pending = b""
-        while n := await self._recv_into():
-            total += n
-            on_data(self._rview[:n])
-        self.close()
-        return total
+        total = 0
+        while True:
+            if self._start < self._end:
+                on_data(self._rview[self._start : self._end])
+                total += self._end - self._start
+                self._start = self._end
+            if not await self._fill():
+                self.close()
+                return total
 
     async def _read_chunked(self, on_data: Callable[[memoryview], object]) -> int:
-        """Decode a chunked body; payload slices go to ``on_data`` as they arrive.
+        """Decode a chunked body in place; payload slices go to ``on_data`` as they arrive.
 
         ``need`` is payload still due in the current chunk, ``crlf`` the bytes of the CRLF
-        after it; when both are 0 a size line comes next. Only a size line split across
-        two reads is ever copied (with the read that completes it).
+        after it; when both are 0 a size line comes next. Nothing is copied except a size
+        line split across two reads (moved to the front of the buffer by ``_fill``).
         """
         total = need = crlf = 0
-        carry = b""
-        buf: bytes | bytearray = self._pending
-        size = len(buf)
-        view = memoryview(buf)
-        self._pending = b""
+        rbuf, view = self._rbuf, self._rview
         while True:
-            pos = 0
+            pos, size = self._start, self._end
             while pos < size:
                 if need:
                     take = need if need < size - pos else size - pos
@@ -289,46 +297,37 @@ class Conn:
                     pos += take
                     crlf -= take
                 else:
-                    end = buf.find(_CRLF, pos, pos + 1026)
+                    end = rbuf.find(_CRLF, pos, size)
                     if end < 0:
                         if size - pos > 1024:
                             raise HttpError("chunk size line too long")
-                        carry = bytes(buf[pos:size])
                         break
-                    chunk = int(bytes(buf[pos:end]).split(b";", 1)[0], 16)
+                    chunk = int(rbuf[pos:end].split(b";", 1)[0], 16)
                     pos = end + 2
                     if chunk == 0:
-                        await self._finish_trailer(bytes(buf[pos:size]))
+                        self._start = pos
+                        await self._finish_trailer()
                         return total
                     need = chunk
-            n = await self._recv_into()
-            if not n:
+            self._start = pos
+            if not await self._fill():
                 self.close()
                 raise HttpError("connection closed inside a chunked body")
-            if carry:
-                buf = carry + self._rbuf[:n]
-                size = len(buf)
-                carry = b""
-            else:
-                buf = self._rbuf
-                size = n
-            view = memoryview(buf)
 
-    async def _finish_trailer(self, rest: bytes) -> None:
+    async def _finish_trailer(self) -> None:
         """Consume the (normally empty) trailer after the last chunk."""
+        rbuf = self._rbuf
         while True:
-            if rest.startswith(_CRLF):
-                self._pending = rest[2:]
+            if self._end - self._start >= 2 and rbuf.startswith(_CRLF, self._start):
+                self._start += 2
                 return
-            end = rest.find(b"\r\n\r\n")
+            end = rbuf.find(b"\r\n\r\n", self._start, self._end)
             if end >= 0:
-                self._pending = rest[end + 4 :]
+                self._start = end + 4
                 return
-            n = await self._recv_into()
-            if not n:
+            if not await self._fill():
                 self.close()
                 raise HttpError("connection closed inside a trailer")
-            rest += self._rbuf[:n]
 
 
 class ConnPool:
