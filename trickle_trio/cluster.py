@@ -500,7 +500,9 @@ def _announce(
     ]
     info = ClusterInfo(url.rstrip("/"), str(run_dir), proxy.pid, listing)
     state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
-    (run_dir / "cluster.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    partial_file = run_dir / "cluster.json.tmp"  # renamed: readers never see half of it
+    partial_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    partial_file.replace(run_dir / "cluster.json")
     logger.info(
         "cluster serving %s workers=%d proxy=%s stream_timeout=%s autocreate=%s run_dir=%s",
         url,
