@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck check clean
+.PHONY: serve cluster test lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)  ## run the server (autocreate on, 127.0.0.1:2939); ARGS="--port 8080" to change
 	$(BIN)/trickle-trio serve $(ARGS)
+
+cluster: $(STAMP)  ## N servers behind HAProxy (apt-get install haproxy); ARGS="--workers 4"
+	$(BIN)/trickle-trio cluster $(ARGS)
 
 test: $(STAMP)  ## lint, type-check and run the test suite
 	$(BIN)/ruff check .
