@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from . import cluster
+from .client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from .config import Settings, SettingsError, load_settings
 from .logs import configure_logging
 from .server import run_server
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:2939")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     cluster.add_parser(sub)
+    add_client_commands(sub)
     return parser
 
 
@@ -179,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "cluster":
             return _cluster(args)
+        if args.command in CLIENT_COMMANDS:
+            return trio.run(run_client_command, args)
     except SettingsError as exc:
         print(f"trickle-trio: {exc}", file=sys.stderr)
         return 2

@@ -302,6 +302,7 @@ class Transport:
         max_connections: open connections in all; opening one more first closes an idle
             one, else waits (counted in the connect deadline).
         keepalive_expiry: seconds an idle connection is kept.
+        headers: sent with every request, e.g. ``[("Authorization", "Bearer ...")]``.
     """
 
     def __init__(
@@ -313,10 +314,12 @@ class Transport:
         max_idle: int = 4,
         max_connections: int = 64,
         keepalive_expiry: float = 4.0,
+        headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         if ssl_context is not None and insecure:
             raise ValueError("give either ssl_context or insecure=True, not both")
         self.timeouts = timeouts or Timeouts()
+        self.headers = list(headers)
         self._ssl_context = ssl_context
         self._insecure = insecure
         self._max_idle = max_idle
@@ -373,7 +376,12 @@ class Transport:
             ValueError: the URL or a header cannot be sent.
         """
         origin, target = split_url(url)
-        all_headers = [("Host", origin.host_header), ("User-Agent", USER_AGENT), *headers]
+        all_headers = [
+            ("Host", origin.host_header),
+            ("User-Agent", USER_AGENT),
+            *self.headers,
+            *headers,
+        ]
         if content_length is None:
             all_headers.append(("Transfer-Encoding", "chunked"))
         elif content_length or method not in ("GET", "HEAD", "DELETE"):

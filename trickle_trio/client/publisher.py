@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self
@@ -657,6 +657,7 @@ async def open_publisher(
     timeouts: Timeouts | None = None,
     insecure: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    headers: Iterable[tuple[str, str]] = (),
     transport: Transport | None = None,
 ) -> AsyncIterator[Publisher]:
     """Publish to the channel at ``url``; ``POST {url}/{seq}`` is preconnected at once.
@@ -671,6 +672,7 @@ async def open_publisher(
         delete_on_close: ``DELETE {url}`` when the block ends (the reference's close).
         close_timeout: bound on closing.
         timeouts, insecure, ssl_context: for the :class:`Transport` made here.
+        headers: sent with every request (e.g. ``Authorization: Bearer <token>``).
         transport: a transport to share instead (its options win).
 
     Raises:
@@ -680,7 +682,9 @@ async def open_publisher(
     """
     own = transport is None
     if transport is None:
-        transport = Transport(timeouts=timeouts, insecure=insecure, ssl_context=ssl_context)
+        transport = Transport(
+            timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+        )
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

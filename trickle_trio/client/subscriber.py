@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Literal, Self
 
@@ -446,6 +446,7 @@ async def open_subscriber(
     timeouts: Timeouts | None = None,
     insecure: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    headers: Iterable[tuple[str, str]] = (),
     transport: Transport | None = None,
 ) -> AsyncIterator[Subscriber]:
     """Subscribe to the channel at ``url`` from seq ``start``.
@@ -460,13 +461,16 @@ async def open_subscriber(
         max_consecutive_errors: errors in a row (connection, 5xx) tolerated per GET.
         retry_delay: seconds between retries.
         timeouts, insecure, ssl_context: for the :class:`Transport` made here.
+        headers: sent with every request (e.g. ``Authorization: Bearer <token>``).
         transport: a transport to share instead (its options win).
 
     Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
     """
     own = transport is None
     if transport is None:
-        transport = Transport(timeouts=timeouts, insecure=insecure, ssl_context=ssl_context)
+        transport = Transport(
+            timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+        )
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
