@@ -6,11 +6,16 @@ Imports: stdlib, trio and ``trickle_trio.core``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Final
 
 import trio
 
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
+
+#: 4xx answers that a later attempt may not get: a preconnect idle too long (408),
+#: a busy server (429). Retried like 5xx.
+RETRYABLE_STATUSES: Final = frozenset({408, 429})
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:

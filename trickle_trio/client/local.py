@@ -39,7 +39,7 @@ from ..core.errors import (
 from ..local import LocalPublisher, LocalSegment, LocalSubscriber
 from ._util import single_error
 from .http import Headers
-from .publisher import is_terminal
+from .publisher import fails_publisher
 from .stats import PublisherCounts, PublisherStats, SubscriberCounts, SubscriberStats
 from .subscriber import OnGap
 
@@ -137,7 +137,7 @@ class InProcessPublisherSegment:
             pass
         except TrickleError as exc:
             self._task_error = exc
-            if is_terminal(exc) and publisher._failure is None:
+            if fails_publisher(exc, claimed=True) and publisher._failure is None:
                 publisher._failure = exc
         finally:
             recv_chan.close()

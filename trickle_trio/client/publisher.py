@@ -27,13 +27,13 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import trio
 
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
-from ._util import answer_error, header_int, single_error
+from ._util import RETRYABLE_STATUSES, answer_error, header_int, single_error
 from .http import (
     Exchange,
     ResponseArrived,
@@ -48,6 +48,10 @@ from .stats import PublisherCounts, PublisherStats
 __all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Seconds before a lost idle preconnect is opened again when its connection failed.
+PRECONNECT_RETRY_DELAY: Final = 1.0
 
 
 class SegmentWriteError(TrickleError):
@@ -69,10 +73,24 @@ class SegmentWriteError(TrickleError):
 
 
 def is_terminal(error: BaseException) -> bool:
-    """Errors no retry can fix: the channel is gone or closed, or a 4xx answer."""
+    """Errors no retry of the same request can fix: the channel is gone or closed, or a
+    4xx other than :data:`RETRYABLE_STATUSES`."""
     if isinstance(error, ChannelNotFoundError | ChannelClosedError):
         return True
-    return isinstance(error, HTTPError) and 400 <= error.status < 500
+    return (
+        isinstance(error, HTTPError)
+        and 400 <= error.status < 500
+        and error.status not in RETRYABLE_STATUSES
+    )
+
+
+def fails_publisher(error: BaseException, *, claimed: bool) -> bool:
+    """Errors that end the publisher, not just a segment: the channel is gone or closed,
+    or a terminal refusal of a POST that carried no body yet (401, 403, 400 ...).
+    Refusals of a segment's body (413) fail only that segment."""
+    if isinstance(error, ChannelNotFoundError | ChannelClosedError):
+        return True
+    return not claimed and is_terminal(error)
 
 
 class _Post:
@@ -82,19 +100,27 @@ class _Post:
         "answered",
         "bytes_sent",
         "claimed",
+        "delay",
         "error",
         "exchange",
         "fresh",
         "opened",
         "reset",
+        "retry",
         "scope",
         "seq",
     )
 
-    def __init__(self, seq: int, *, reset: bool, fresh: bool) -> None:
+    def __init__(
+        self, seq: int, *, reset: bool, fresh: bool, delay: float = 0.0, retry: int = 0
+    ) -> None:
         self.seq = seq
         self.reset = reset
         self.fresh = fresh
+        #: Seconds to wait before opening; retries of a lost preconnect only.
+        self.delay = delay
+        #: How many lost preconnects of this seq came before this one.
+        self.retry = retry
         self.exchange: Exchange | None = None
         #: Set once the request head is out (``exchange`` is set) or opening failed.
         self.opened = trio.Event()
@@ -547,8 +573,16 @@ class Publisher:
             default = 0
         return max(header_int(response.headers, wire.LATEST_HEADER, default), 0)
 
-    def _start_post(self, seq: int, *, reset: bool = False, fresh: bool = False) -> _Post:
-        post = _Post(seq, reset=reset, fresh=fresh)
+    def _start_post(
+        self,
+        seq: int,
+        *,
+        reset: bool = False,
+        fresh: bool = False,
+        delay: float = 0.0,
+        retry: int = 0,
+    ) -> _Post:
+        post = _Post(seq, reset=reset, fresh=fresh, delay=delay, retry=retry)
         self._posts.add(post)
         self._nursery.start_soon(self._run_post, post, name=f"trickle POST {self.url}/{seq}")
         return post
@@ -565,6 +599,8 @@ class Publisher:
         try:
             with post.scope:
                 try:
+                    if post.delay:
+                        await trio.sleep(post.delay)
                     post.exchange = await self._transport.open(
                         "POST", url, headers, content_length=None, fresh=post.fresh
                     )
@@ -586,12 +622,28 @@ class Publisher:
                 with trio.CancelScope(shield=True):
                     await post.exchange.aclose()
         error = post.error
-        if error is not None and is_terminal(error):
+        if error is None or self._closing:
+            return
+        if fails_publisher(error, claimed=post.claimed):
             if self._failure is None:
                 self._failure = error
-            if not post.claimed and not self._closing:
+            if not post.claimed:
                 logger.info("publisher failed url=%s error=%s", self.url, error)
                 raise error
+        elif self._preconnect is post:
+            # The idle preconnect was let go (a server's preconnect timeout, a reset, an
+            # eviction) or its connection broke: open the next one now rather than when a
+            # segment needs it. At once after a 408 (the server waited already) or the
+            # first other answer; after that, or without an answer, a little later.
+            timed_out = isinstance(error, HTTPError) and error.status == 408
+            answered = isinstance(error, HTTPError) or error.__cause__ is None
+            retry = post.retry + 1
+            delay = 0.0 if timed_out or (answered and retry == 1) else PRECONNECT_RETRY_DELAY
+            logger.debug("preconnect lost url=%s error=%s retry_in=%s", url, error, delay)
+            self._counts.post_retries += 1
+            self._preconnect = self._start_post(
+                post.seq, reset=post.reset, fresh=True, delay=delay, retry=retry
+            )
 
     def _answer(
         self, post: _Post, exchange: Exchange, head: ResponseHead, body: bytes

@@ -31,7 +31,7 @@ import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
-from ._util import header_int, single_error
+from ._util import RETRYABLE_STATUSES, header_int, single_error
 from .http import (
     Exchange,
     Headers,
@@ -419,7 +419,7 @@ class Subscriber:
             with trio.move_on_after(self._preconnect_timeout):
                 head = await exchange.read_head()
                 self._counts.wait_ms_total += (trio.current_time() - started) * 1000
-                if head.status < 500:
+                if head.status < 500 and head.status not in RETRYABLE_STATUSES:
                     get.exchange, get.head = exchange, head
                     return None, exchange.reused
                 body = await exchange.read_body()
