@@ -5,7 +5,7 @@ Python SDK, on trio):
 
 - :func:`open_subscriber` owns a nursery. Every GET is a :class:`_Get` whose task sends
   it and waits for the response head. A GET with no head after ``preconnect_timeout``
-  (20 s, the reference's rule) is re-issued; connection errors and 5xx answers are
+  (20 s, the reference's rule) is re-issued; connection errors, 5xx, 408 and 429 are
   retried every ``retry_delay``, and more than ``max_consecutive_errors`` in a row fail
   the subscription.
 - As soon as a segment's head has arrived, the segment is handed to the caller and the
