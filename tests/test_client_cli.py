@@ -224,6 +224,11 @@ async def test_one_line_errors() -> None:
                 "trickle-trio: segment 0 not found (latest 8)"
                 " (use --on-gap jump to follow the live edge)\n"
             )
+        bad = await run("subscribe", "ftp://127.0.0.1/ch")
+        assert (bad.code, bad.stderr.getvalue()) == (
+            2,
+            "trickle-trio: not an http(s) URL: 'ftp://127.0.0.1/ch'\n",
+        )
         unreachable = await run("next", server.url + "/x")  # the server has stopped
         assert unreachable.code == 1
         assert unreachable.stderr.getvalue().count("\n") == 1
@@ -342,3 +347,23 @@ async def test_ctrl_c_closes_the_channel_politely_if_publish_created_it(
         assert segment is not None
         assert segment.closed
         assert segment.size == 10 * PACKET  # the segment under way was ended, not lost
+
+
+async def test_bearer_tokens(tmp_path: Path) -> None:
+    token = "publish-token-0123456789"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, publish_token=token)
+    with trio.fail_after(STEP):
+        async with open_server(settings) as server:
+            url = f"{server.url}/{fresh_name()}"
+            refused = await run("publish", url, stdin=b"x")
+            assert (refused.code, refused.stderr.getvalue()) == (
+                1,
+                "trickle-trio: HTTP 401: Unauthorized\n",
+            )
+            published = await run("publish", url, "--token-file", str(token_file), stdin=b"x")
+            assert (published.code, published.stderr.getvalue()) == (0, "")
+            missing = await run("next", url, "--token-file", str(tmp_path / "nope"))
+            assert missing.code == 1
+            assert missing.stderr.getvalue().startswith("trickle-trio: cannot read token file")

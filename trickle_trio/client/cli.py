@@ -46,7 +46,7 @@ from ..core.errors import (
     TrickleError,
 )
 from ._util import answer_error, single_error
-from .http import Timeouts, Transport, make_ssl_context
+from .http import Timeouts, Transport, make_ssl_context, split_url
 from .publisher import Publisher, open_publisher
 from .subscriber import OnGap, open_subscriber
 
@@ -96,12 +96,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true", help="accept any TLS certificate")
     parser.add_argument("--cacert", metavar="FILE", help="extra CA certificates (PEM)")
     parser.add_argument(
-        "--token", help="bearer token (default: the TRICKLE_TOKEN environment variable)"
+        "--token-file",
+        metavar="FILE",
+        help="file holding the bearer token (or the TRICKLE_TOKEN environment variable)",
     )
     parser.add_argument(
         "--connect-timeout", type=_positive(float), default=10.0, help="seconds (default 10)"
     )
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="what to log on stderr (default warning)",
+    )
 
 
 def add_client_commands(sub: Any) -> None:
@@ -180,7 +187,14 @@ def add_client_commands(sub: Any) -> None:
 
 
 def _transport(args: argparse.Namespace) -> Transport:
-    token = args.token or os.environ.get("TRICKLE_TOKEN")
+    token = os.environ.get("TRICKLE_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read token file {args.token_file}: {exc.strerror}"
+            ) from None
     headers = [("Authorization", f"Bearer {token}")] if token else []
     context = None
     if args.cacert or args.insecure:
@@ -227,6 +241,11 @@ async def run_client_command(
         "delete": _delete,
     }
     command = commands[args.command]
+    try:
+        split_url(args.url.rstrip("/"))
+    except ValueError as exc:
+        print(f"trickle-trio: {exc}", file=stderr)
+        return 2
     status = 0
     signalled: list[int] = []
     try:
