@@ -111,13 +111,13 @@ async def test_publish_and_subscribe_pipe_a_live_stream_byte_for_byte(
     data = ts_packets(2000)  # 376 000 bytes
     pipe = Pipe()
     publish = Run("publish", url, "--interval", "0.05", stdin=pipe.reader)
-    subscribe = Run("subscribe", url, "--start", "0")
+    subscribe = Run("subscribe", url, "--start", "0", "--wait")  # started first
     files = Run("subscribe", url, "--start", "0", "--out-dir", str(tmp_path))
     with trio.fail_after(STEP):
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscribe.run)
             nursery.start_soon(publish.run)
             await wait_until(lambda: name in trickle_server.registry)  # publish created it
-            nursery.start_soon(subscribe.run)
             nursery.start_soon(files.run)
             channel = trickle_server.registry.get(name)
             assert channel is not None

@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 CLIENT_COMMANDS: Final = frozenset({"publish", "subscribe", "next", "delete"})
 _READ_SIZE: Final = 65536
+#: How often ``subscribe --wait`` asks whether the channel exists yet.
+_WAIT_POLL: Final = 0.25
 #: MPEG-TS packets are 188 bytes: cutting on a multiple keeps every segment decodable.
 _TS_PACKET: Final = 188
 _TS_TYPES: Final = frozenset({"video/mp2t", "video/mpegts"})
@@ -167,6 +169,9 @@ def add_client_commands(sub: Any) -> None:
         "--start", type=_seq, default=-1, help="-1 next (default), -2 current, or a seq"
     )
     subscribe.add_argument("--out-dir", metavar="DIR", help="one file per segment, named by seq")
+    subscribe.add_argument(
+        "--wait", action="store_true", help="wait for the channel to exist (else: exit 1)"
+    )
     subscribe.add_argument(
         "--count", type=_positive(int), metavar="N", help="stop after N segments"
     )
@@ -474,6 +479,10 @@ async def _subscribe(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     on_gap: OnGap = "jump" if args.on_gap == "jump" else "raise"
+    if args.wait:
+        # ruff: ignore[async-busy-wait] - the state is another process's
+        while (await transport.request("GET", f"{url}/next")).status == 404:
+            await trio.sleep(_WAIT_POLL)
     count = 0
     async with open_subscriber(url, args.start, on_gap=on_gap, transport=transport) as sub:
         gaps = 0
