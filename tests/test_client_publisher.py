@@ -354,6 +354,27 @@ async def test_close_never_loses_a_segment_whose_body_was_handed_over() -> None:
     assert stats.post_success == 1
 
 
+async def test_close_ends_a_segment_left_open_before_the_delete() -> None:
+    name = fresh_name()
+    seen: list[tuple[bool, int]] = []
+
+    def before_delete(request: object, channel_name: str) -> None:
+        channel = server.registry.get(channel_name)
+        assert channel is not None
+        segment = channel.window.get(0)
+        assert segment is not None
+        seen.append((segment.closed, segment.size))
+
+    with trio.fail_after(STEP):
+        async with open_server(settings(before_delete=before_delete)) as server:
+            async with open_publisher(f"{server.url}/{name}") as pub:
+                seg = await pub.next()
+                await seg.send(b"never ended by its writer")
+            stats = pub.stats()
+    assert seen == [(True, len(b"never ended by its writer"))]
+    assert stats.post_success == 1
+
+
 async def loop_on_minus_one(url: str, bodies: list[bytes]) -> int:
     """Ask for ``-1`` again after every segment, until the end; return the requests."""
     requests = 0

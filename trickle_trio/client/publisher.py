@@ -635,10 +635,14 @@ class Publisher:
             # eviction) or its connection broke: open the next one now rather than when a
             # segment needs it. At once after a 408 (the server waited already) or the
             # first other answer; after that, or without an answer, a little later.
+            # A pooled connection the server had closed is no failure: at once, too.
             timed_out = isinstance(error, HTTPError) and error.status == 408
             answered = isinstance(error, HTTPError) or error.__cause__ is None
+            exchange = post.exchange
+            stale = exchange is not None and exchange.reused and exchange.head is None
             retry = post.retry + 1
-            delay = 0.0 if timed_out or (answered and retry == 1) else PRECONNECT_RETRY_DELAY
+            at_once = timed_out or ((answered or stale) and retry == 1)
+            delay = 0.0 if at_once else PRECONNECT_RETRY_DELAY
             logger.debug("preconnect lost url=%s error=%s retry_in=%s", url, error, delay)
             self._counts.post_retries += 1
             self._preconnect = self._start_post(
