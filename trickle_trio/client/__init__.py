@@ -29,15 +29,14 @@ from .http import (
     Response,
     ResponseHead,
     Timeouts,
-    Transport,
     TransportError,
-    TransportStats,
     TransportTimeout,
     make_ssl_context,
 )
 from .publisher import Publisher, PublisherSegment, SegmentWriteError, open_publisher
 from .stats import PublisherStats, SubscriberStats
 from .subscriber import OnGap, Subscriber, SubscriberSegment, open_subscriber
+from .transport import Transport, TransportStats
 
 __all__ = [
     "ChannelClosedError",

@@ -46,9 +46,10 @@ from ..core.errors import (
     TrickleError,
 )
 from ._util import answer_error, single_error
-from .http import Timeouts, Transport, make_ssl_context, split_url
+from .http import Timeouts, make_ssl_context, split_url
 from .publisher import Publisher, open_publisher
 from .subscriber import OnGap, open_subscriber
+from .transport import Transport
 
 __all__ = ["CLIENT_COMMANDS", "Cutter", "add_client_commands", "run_client_command"]
 

@@ -1,4 +1,7 @@
-"""Full-duplex HTTP/1.1 for the trickle clients: h11 over trio streams, TLS, a small pool.
+"""Full-duplex HTTP/1.1 for the trickle clients: one exchange on h11 over a trio stream.
+
+The types every client module shares live here too (deadlines, headers, URLs, TLS
+contexts, errors); the pool of connections is :mod:`.transport`.
 
 Rules of this file:
 
@@ -12,11 +15,7 @@ Rules of this file:
 3. Deadlines are per phase and belong to the caller (:class:`Timeouts`): connect, first
    byte (counted from the *end* of the request body, so an idle preconnect never times
    out), between chunks, and each write. ``None`` means no deadline.
-4. The pool is bounded: at most ``max_idle`` idle connections per origin, each dropped
-   after ``keepalive_expiry`` seconds or as soon as it turns readable (the server closed
-   it); at most ``max_connections`` open connections in all.
-
-Imports: stdlib, trio, h11 and ``trickle_trio.core``.
+Imports: stdlib, trio, h11 and ``trickle_trio.core`` (and ``.transport`` for types).
 """
 
 from __future__ import annotations
@@ -26,17 +25,19 @@ import math
 import re
 import select
 import ssl
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import h11
 import trio
 
 from ..core.errors import TrickleError
+
+if TYPE_CHECKING:
+    from .transport import Transport
 
 __all__ = [
     "Exchange",
@@ -46,9 +47,7 @@ __all__ = [
     "ResponseArrived",
     "ResponseHead",
     "Timeouts",
-    "Transport",
     "TransportError",
-    "TransportStats",
     "TransportTimeout",
     "make_ssl_context",
     "split_url",
@@ -276,243 +275,6 @@ class _Connection:
             self._release.release()
             self._release = None
         await trio.aclose_forcefully(self.stream)
-
-
-@dataclass(frozen=True)
-class TransportStats:
-    """Connection counts of a :class:`Transport`."""
-
-    connections_opened: int
-    connections_reused: int
-    connections_open: int
-    connections_idle: int
-
-
-class Transport:
-    """HTTP/1.1 connections for trickle clients: TLS, per-phase deadlines, a bounded pool.
-
-    One transport may be shared by several publishers and subscribers of one trio run.
-    ``async with Transport() as transport:`` closes its idle connections at the end.
-
-    Args:
-        timeouts: per-phase deadlines (see :class:`Timeouts`).
-        ssl_context: TLS context for ``https`` URLs (default: :func:`make_ssl_context`).
-        insecure: accept any server certificate (only without ``ssl_context``).
-        max_idle: idle connections kept per origin.
-        max_connections: open connections in all; opening one more first closes an idle
-            one, else waits (counted in the connect deadline).
-        keepalive_expiry: seconds an idle connection is kept.
-        headers: sent with every request, e.g. ``[("Authorization", "Bearer ...")]``.
-    """
-
-    def __init__(
-        self,
-        *,
-        timeouts: Timeouts | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        insecure: bool = False,
-        max_idle: int = 4,
-        max_connections: int = 64,
-        keepalive_expiry: float = 4.0,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        if ssl_context is not None and insecure:
-            raise ValueError("give either ssl_context or insecure=True, not both")
-        self.timeouts = timeouts or Timeouts()
-        self.headers = list(headers)
-        self._ssl_context = ssl_context
-        self._insecure = insecure
-        self._max_idle = max_idle
-        self._keepalive_expiry = keepalive_expiry
-        self._slots = trio.Semaphore(max_connections)
-        self._max_connections = max_connections
-        self._idle: dict[Origin, deque[_Connection]] = {}
-        self._opened = 0
-        self._reused = 0
-        self._closed = False
-
-    async def __aenter__(self) -> Self:
-        await trio.lowlevel.checkpoint()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        with trio.CancelScope(shield=True):
-            await self.aclose()
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            self._ssl_context = make_ssl_context(insecure=self._insecure)
-        return self._ssl_context
-
-    def statistics(self) -> TransportStats:
-        idle = sum(len(conns) for conns in self._idle.values())
-        return TransportStats(
-            connections_opened=self._opened,
-            connections_reused=self._reused,
-            connections_open=self._max_connections - self._slots.value,
-            connections_idle=idle,
-        )
-
-    async def open(
-        self,
-        method: str,
-        url: str,
-        headers: Iterable[tuple[str, str]] = (),
-        *,
-        content_length: int | None = 0,
-        fresh: bool = False,
-    ) -> Exchange:
-        """Send a request head and return the exchange, its body still to be written.
-
-        Args:
-            content_length: ``0`` = no body (the request is complete at once); ``None`` =
-                a streaming body (chunked), written with :meth:`Exchange.send` and ended
-                with :meth:`Exchange.end`; ``n`` = exactly ``n`` bytes will follow.
-            fresh: never reuse a pooled connection (a retry after a failure).
-
-        Raises:
-            TransportError, TransportTimeout: connecting or sending the head failed.
-            ValueError: the URL or a header cannot be sent.
-        """
-        origin, target = split_url(url)
-        all_headers = [
-            ("Host", origin.host_header),
-            ("User-Agent", USER_AGENT),
-            *self.headers,
-            *headers,
-        ]
-        if content_length is None:
-            all_headers.append(("Transfer-Encoding", "chunked"))
-        elif content_length or method not in ("GET", "HEAD", "DELETE"):
-            all_headers.append(("Content-Length", str(content_length)))
-        try:
-            request = h11.Request(method=method, target=target, headers=all_headers)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"cannot send {method} {url}: {exc}") from None
-        conn = None if fresh else await self._checkout(origin)
-        reused = conn is not None
-        if conn is None:
-            conn = await self._connect(origin, url)
-        exchange = Exchange(self, conn, url, reused=reused)
-        try:
-            await exchange._write(request)
-            if content_length == 0:
-                await exchange.end()
-        except BaseException:
-            await exchange.aclose()
-            raise
-        return exchange
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        headers: Iterable[tuple[str, str]] = (),
-        body: bytes = b"",
-        *,
-        max_body: int = MAX_SMALL_BODY,
-    ) -> Response:
-        """One whole request and its whole (small) response.
-
-        A pooled connection that turns out dead before any answer is retried once on a
-        fresh one. The body is read up to ``max_body`` bytes.
-
-        Raises:
-            TransportError, TransportTimeout.
-        """
-        for attempt in (1, 2):
-            exchange = await self.open(method, url, headers, content_length=len(body))
-            try:
-                if body:
-                    await exchange.send(body)
-                    await exchange.end()
-                head = await exchange.read_head()
-                data = await exchange.read_body(max_body)
-                return Response(head, data)
-            except TransportTimeout:
-                raise
-            except TransportError:
-                if attempt == 2 or not exchange.reused or exchange.head is not None:
-                    raise
-                logger.debug("stale pooled connection, retrying url=%s", url)
-            finally:
-                await exchange.aclose()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def aclose(self) -> None:
-        """Close every idle connection; connections in use close with their exchange."""
-        self._closed = True
-        idle = [conn for conns in self._idle.values() for conn in conns]
-        self._idle.clear()
-        for conn in idle:
-            await conn.aclose()
-
-    # -- the pool ---------------------------------------------------------------------------
-
-    async def _checkout(self, origin: Origin) -> _Connection | None:
-        conns = self._idle.get(origin)
-        now = trio.current_time()
-        while conns:
-            conn = conns.pop()
-            if now - conn.idle_since > self._keepalive_expiry or conn.dropped_while_idle():
-                await conn.aclose()
-                continue
-            self._reused += 1
-            return conn
-        await trio.lowlevel.checkpoint()
-        return None
-
-    async def _checkin(self, conn: _Connection) -> None:
-        if self._closed:
-            await conn.aclose()
-            return
-        conn.idle_since = trio.current_time()
-        conns = self._idle.setdefault(conn.origin, deque())
-        conns.append(conn)
-        while len(conns) > self._max_idle:
-            await conns.popleft().aclose()
-        await trio.lowlevel.checkpoint()
-
-    async def _make_room(self) -> None:
-        """Close the oldest idle connection if every slot is taken."""
-        if self._slots.value == 0:
-            oldest: deque[_Connection] | None = None
-            for conns in self._idle.values():
-                if conns and (oldest is None or conns[0].idle_since < oldest[0].idle_since):
-                    oldest = conns
-            if oldest is not None:
-                await oldest.popleft().aclose()
-        await trio.lowlevel.checkpoint()
-
-    async def _connect(self, origin: Origin, url: str) -> _Connection:
-        timeout = self.timeouts.connect
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            await self._make_room()
-            await self._slots.acquire()
-            try:
-                with _translated(url):
-                    stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
-                    if origin.scheme == "https":
-                        tls = trio.SSLStream(
-                            stream,
-                            self.ssl_context,
-                            server_hostname=origin.host,
-                            https_compatible=True,
-                        )
-                        try:
-                            await tls.do_handshake()
-                        except BaseException:
-                            await trio.aclose_forcefully(stream)
-                            raise
-                        stream = tls
-            except BaseException:
-                self._slots.release()
-                raise
-            self._opened += 1
-            return _Connection(stream, origin, self._slots)
-        assert scope.cancelled_caught
-        raise TransportTimeout("connect", url)
 
 
 class Exchange:

@@ -39,7 +39,7 @@ from ..core.errors import (
 from ..local import LocalPublisher, LocalSegment, LocalSubscriber
 from ._util import single_error
 from .http import Headers
-from .publisher import fails_publisher
+from .publisher_segment import fails_publisher
 from .stats import PublisherCounts, PublisherStats, SubscriberCounts, SubscriberStats
 from .subscriber import OnGap
 

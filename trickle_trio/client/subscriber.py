@@ -37,12 +37,12 @@ from .http import (
     Headers,
     ResponseHead,
     Timeouts,
-    Transport,
     TransportError,
     TransportTimeout,
     split_url,
 )
 from .stats import SubscriberCounts, SubscriberStats
+from .transport import Transport
 
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
 
