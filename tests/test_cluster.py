@@ -24,7 +24,7 @@ import h11
 import pytest
 import trio
 
-from trickle_trio.cluster import channel_field, find_haproxy
+from trickle_trio.cluster import channel_field, die_with_parent, find_haproxy
 
 from .sockets import Conn, Reply, call, connect, until
 from .test_deployments import free_port
@@ -100,21 +100,30 @@ def launch(tmp_path: Path, args: Sequence[str], base: str) -> tuple[subprocess.P
     command = [str(BIN / "trickle-trio"), "cluster", "--port", str(port), "--base-path", base]
     command += ["--run-dir", str(tmp_path / f"run-{port}"), *args]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),  # should pytest itself be killed
     )
     return process, port
 
 
 async def start_cluster(tmp_path: Path, *args: str, base: str = "/") -> Cluster:
     process, port = launch(tmp_path, args, base)
-    run_dir = tmp_path / f"run-{port}"
-    state_file = run_dir / "cluster.json"
-    # cluster.json is written once HAProxy routes to every shard.
-    await until(lambda: state_file.exists() or process.poll() is not None)
-    assert process.poll() is None, process.stdout.read() if process.stdout else ""
-    state = json.loads(state_file.read_text())
+    state_file = tmp_path / f"run-{port}" / "cluster.json"
+    try:
+        # cluster.json is written once HAProxy routes to every shard.
+        await until(lambda: state_file.exists() or process.poll() is not None)
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        state = json.loads(state_file.read_text())
+    except BaseException:
+        process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+        process.wait()
+        raise
     shards = [Shard(s["name"], s["url"], s["pid"]) for s in state["shards"]]
-    return Cluster(process, f"http://127.0.0.1:{port}", base, run_dir, shards, state["proxy_pid"])
+    url = f"http://127.0.0.1:{port}"
+    return Cluster(process, url, base, state_file.parent, shards, state["proxy_pid"])
 
 
 def kill_all(cluster: Cluster) -> None:
@@ -435,6 +444,30 @@ async def test_sigterm_drains_every_shard_through_the_proxy_then_stops(cluster: 
     output = cluster.output()
     assert "cluster stopping signal=SIGTERM" in output
     assert "cluster stopped" in output
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@needs_haproxy
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_nothing_outlives_a_killed_cluster(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        running = await start_cluster(tmp_path, "--workers", "2")
+        try:
+            running.process.kill()  # no chance to stop anything in order
+            children = [running.proxy_pid, *(shard.pid for shard in running.shards)]
+            await until(lambda: all(gone(pid) for pid in children))
+            with pytest.raises(OSError, match="all attempts to connect"):
+                await connect(running.url)
+        finally:
+            kill_all(running)
 
 
 def test_print_config_for_remote_backends(tmp_path: Path) -> None:

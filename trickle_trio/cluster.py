@@ -227,7 +227,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --- processes ---------------------------------------------------------------------------
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking the kernel for SIGTERM when this process dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -259,7 +259,7 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # only prctl, resolved before the fork
+            preexec_fn=die_with_parent(),  # only prctl, resolved before the fork
         )
 
 
@@ -349,14 +349,6 @@ async def _wait_answering(child: Child, host: str, port: int, path: str) -> None
 # --- the cluster -------------------------------------------------------------------------
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGINT or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            logger.info("cluster stopping signal=%s", signal.Signals(signum).name)
-            return
-
-
 def _backend_argv(options: ClusterOptions, shard: Shard) -> list[str]:
     argv = [sys.executable, "-m", "trickle_trio", "serve"]
     argv += ["--host", shard.host, "--port", str(shard.port), "--base-path", options.base_path]
@@ -405,11 +397,14 @@ def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list
 async def run_cluster(
     options: ClusterOptions,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[ClusterInfo] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run the cluster until ``shutdown_trigger`` returns, then stop it in order.
 
+    The default trigger is the first SIGINT or SIGTERM. Their receiver is installed before
+    any child starts and stays until the last one is gone: a second signal cannot cut
+    the orderly stop short (it is bounded by ``DRAIN_TIMEOUT`` and ``PROXY_EXIT_TIMEOUT``).
     Returns 0 after a requested stop, 1 when HAProxy died on its own.
 
     Raises:
@@ -431,8 +426,27 @@ async def run_cluster(
             options.stream_timeout,
             longest_idle,
         )
-    port = options.port or free_port(options.host)
-    options = dataclasses.replace(options, port=port)
+    options = dataclasses.replace(options, port=options.port or free_port(options.host))
+    with contextlib.ExitStack() as stack:
+        if shutdown_trigger is None:
+            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+
+            async def first_signal() -> None:
+                async for signum in signals:
+                    logger.info("cluster stopping signal=%s", signal.Signals(signum).name)
+                    return
+
+            shutdown_trigger = first_signal
+        return await _run(options, haproxy, shutdown_trigger, task_status)
+
+
+async def _run(
+    options: ClusterOptions,
+    haproxy: str,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[ClusterInfo],
+) -> int:
+    port = options.port
     run_dir = await trio.to_thread.run_sync(_open_run_dir, options.run_dir)
     backends: list[Child] = []
     proxy: Child | None = None
@@ -443,12 +457,11 @@ async def run_cluster(
         )
         async with trio.open_nursery() as nursery:
 
-            async def stop_on_trigger(*, task_status: trio.TaskStatus[None]) -> None:
-                task_status.started()  # a signal receiver is installed by now or soon after
+            async def stop_on_trigger() -> None:
                 await shutdown_trigger()
                 nursery.cancel_scope.cancel()
 
-            await nursery.start(stop_on_trigger)
+            nursery.start_soon(stop_on_trigger)
             with trio.fail_after(STARTUP_TIMEOUT):
                 for shard in shards:
                     argv = _backend_argv(options, shard)
