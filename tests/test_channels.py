@@ -314,24 +314,35 @@ async def test_create_is_idempotent_and_delete_removes(nursery: trio.Nursery) ->
 async def test_delete_releases_subscribers_before_publishers(nursery: trio.Nursery) -> None:
     registry = ChannelRegistry(nursery)
     channel = registry.create("cam")
+    segment = channel.segment_for_write(0)
+    segment.append(b"complete before the delete")
     events: list[str] = []
 
-    async def hold(scopes: TaskScopes, label: str, *, task_status: trio.TaskStatus[None]) -> None:
-        with scopes.lease() as scope:
+    async def subscriber(label: str, *, task_status: trio.TaskStatus[None]) -> None:
+        with channel.subscribers.lease() as scope, scope:
+            task_status.started()
+            index = 0
+            while chunks := await segment.wait_chunks(index):
+                index += len(chunks)
+                await trio.lowlevel.checkpoint()  # sending them
+            events.append(f"{label} got {index} chunk(s)")
+
+    async def preconnect(*, task_status: trio.TaskStatus[None]) -> None:
+        with channel.publishers.lease() as scope:
             task_status.started()
             with scope:
                 await trio.sleep_forever()
-            await trio.lowlevel.checkpoint()  # its terminal response
-            events.append(label)
+            await trio.lowlevel.checkpoint()  # its answer
+            events.append("preconnect released")
 
     async with trio.open_nursery() as handlers:
-        await handlers.start(hold, channel.publishers, "preconnect")  # started first on purpose
-        await handlers.start(hold, channel.subscribers, "subscriber-1")
-        await handlers.start(hold, channel.subscribers, "subscriber-2")
+        await handlers.start(preconnect)  # started first on purpose
+        await handlers.start(subscriber, "subscriber-1")
+        await handlers.start(subscriber, "subscriber-2")
         await registry.delete("cam")
         events.append("delete returned")
-    assert events[:2] in (["subscriber-1", "subscriber-2"], ["subscriber-2", "subscriber-1"])
-    assert events[2:] == ["preconnect", "delete returned"]
+    assert sorted(events[:2]) == ["subscriber-1 got 1 chunk(s)", "subscriber-2 got 1 chunk(s)"]
+    assert events[2:] == ["preconnect released", "delete returned"]
 
 
 async def test_teardown_grace_bounds_a_stuck_subscriber(

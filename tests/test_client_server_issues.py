@@ -1,12 +1,7 @@
-"""Server behaviours found while testing the clients, written as failing tests.
-
-They are ``xfail(strict=True)``: each starts to pass (and so fails the run, as XPASS)
-once the server is fixed; then drop the marker. See the client report for details.
-"""
+"""Server behaviours found while testing the clients (fixed; kept as regressions)."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 from trickle_trio import LocalPublisher
@@ -16,12 +11,6 @@ from trickle_trio.server import RunningServer
 from .client_support import STEP, fresh_name, wait_until
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: DELETE /{ch} right after a segment completes takes that segment from "
-    "the subscribers waiting on it (they get Lp-Trickle-Closed, or an empty 200) when "
-    "their handler has not run since the segment's last byte",
-)
 async def test_a_waiting_subscriber_gets_the_segment_completed_before_the_delete(
     trickle_server: RunningServer,
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from trickle_trio import LocalPublisher
 from trickle_trio.channels import ChannelRegistry
 from trickle_trio.testing import open_exchange
 
@@ -161,3 +162,22 @@ async def test_nothing_of_a_channel_outlives_its_delete_response(
         assert (len(channel.subscribers), len(channel.publishers)) == (0, 0)
         assert channel.deleted
         assert all(segment.closed for segment in channel.window) or not list(channel.window)
+
+
+async def test_delete_never_takes_away_a_segment_completed_before_it(
+    trickle_app: Any, trickle_registry: ChannelRegistry
+) -> None:
+    """The subscriber's handler has been woken by the last byte but has not run yet when
+    the DELETE arrives: it must still deliver the whole segment."""
+    await request(trickle_app, "POST", "/cam")
+    async with (
+        open_exchange(trickle_app, "GET", "/cam/0") as waiting,
+        open_exchange(trickle_app, "GET", "/cam/1") as next_one,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        LocalPublisher(trickle_registry, "cam").write_nowait(b"last words")
+        await trickle_registry.delete("cam")  # no checkpoint in between
+        got = await waiting.read_response()
+        after = await next_one.read_response()
+    assert (got.status, got.body) == (200, b"last words")
+    assert after.headers["lp-trickle-closed"] == "terminated"

@@ -76,18 +76,26 @@ class Segment(SegmentState):
             changed.set()
         return True
 
-    def close(self) -> bool:  # sync on purpose
-        """Close: readers reach the end, idle writers are released. False if already."""
+    def close(self, *, release_writers: bool = True) -> bool:  # sync on purpose
+        """Close: readers reach the end and, unless told otherwise, idle writers are
+        released. False if it was closed already."""
         if not super().close():
+            if release_writers:
+                self.release_idle_writers()
             return False
         changed = self._changed
         if changed is not None:
             self._changed = None
             changed.set()
+        if release_writers:
+            self.release_idle_writers()
+        return True
+
+    def release_idle_writers(self) -> None:  # sync on purpose
+        """Let go of every preconnected publisher waiting on this segment."""
         for scope in self._idle_writers:
             scope.cancel()
         self._idle_writers.clear()
-        return True
 
     @property
     def idle_writers(self) -> int:
@@ -179,15 +187,23 @@ class TaskScopes:
         """Refuse new leases from now on."""
         self._closed = True
 
+    def cancel(self) -> None:  # sync on purpose
+        """Refuse new leases and cancel every lent scope."""
+        self._closed = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def wait_drained(self) -> None:
+        """Wait until every lease has been returned."""
+        await self._drained.wait()
+
     async def cancel_and_drain(self) -> None:
         """Refuse new leases, cancel every lent scope and wait until all are returned.
 
         Cancellation: the scopes stay cancelled; the wait is abandoned.
         """
-        self._closed = True
-        for scope in self._scopes:
-            scope.cancel()
-        await self._drained.wait()
+        self.cancel()
+        await self.wait_drained()
 
 
 class PublishOutcome(enum.Enum):
@@ -363,32 +379,48 @@ class Channel:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The channel's task: wait for deletion (or cancellation), then tear down.
 
-        Teardown, shielded and bounded by ``teardown_grace``: (1) mark closed, (2) cancel
-        subscribers and wait for each to finish its terminal response, (3) only then
-        cancel publishers (idle preconnects are released with ``Lp-Trickle-Closed``),
-        (4) close every segment. A client that stopped reading can only delay this by the
-        grace; then the rest proceeds and a warning is logged.
+        Teardown, shielded, each phase bounded by ``teardown_grace``:
+
+        1. Mark the channel closed (new requests are refused) and close every segment
+           for its readers, *without* letting go of idle preconnects yet.
+        2. Wait for the subscribers to finish: each sends what its segment holds (bytes
+           completed before the DELETE are never taken away) and ends its response, an
+           empty 200 + ``Lp-Trickle-Closed`` if it had nothing. Only a client that
+           stopped reading can hold this up; past the grace its scope is cancelled.
+        3. Only then cancel the publishers: idle preconnects and writers still sending
+           are answered 200 + ``Lp-Trickle-Closed``.
+        4. Empty the window. Nothing of the channel is left when ``wait_deleted`` returns.
         """
         try:
             task_status.started()
             await self._delete_requested.wait()
         finally:
             self.closed = True
-            with trio.move_on_after(self._teardown_grace, shield=True) as grace:
-                await self.subscribers.cancel_and_drain()
-                await self.publishers.cancel_and_drain()
-            if grace.cancelled_caught:
-                logger.warning(
-                    "channel teardown overran channel=%s subscribers=%d publishers=%d",
-                    self.name,
-                    len(self.subscribers),
-                    len(self.publishers),
-                )
             self.subscribers.close()
             self.publishers.close()
+            for segment in self.window:
+                segment.close(release_writers=False)
+            with trio.move_on_after(self._teardown_grace, shield=True) as grace:
+                await self.subscribers.wait_drained()
+            if grace.cancelled_caught:
+                self._overran("subscribers")
+                self.subscribers.cancel()
+            with trio.move_on_after(self._teardown_grace, shield=True) as grace:
+                await self.publishers.cancel_and_drain()
+            if grace.cancelled_caught:
+                self._overran("publishers")
             for segment in self.window.clear():
-                segment.close()
+                segment.release_idle_writers()
             self._deleted.set()
+
+    def _overran(self, phase: str) -> None:
+        logger.warning(
+            "channel teardown overran channel=%s phase=%s subscribers=%d publishers=%d",
+            self.name,
+            phase,
+            len(self.subscribers),
+            len(self.publishers),
+        )
 
 
 class SegmentWriter:
