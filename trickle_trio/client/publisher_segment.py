@@ -282,8 +282,8 @@ class PublisherSegment:
         publisher = self._publisher
         publisher._counts.segments_dropped += 1
         await publisher._let_go(self._post)
-        if terminal:
-            return
+        if terminal or publisher._failure is not None:
+            return  # the channel is gone or refuses us: nothing to close there
         try:
             response = await publisher._transport.request("DELETE", self.url)
         except TrickleError as exc:
