@@ -15,6 +15,7 @@ Rules of this file:
 3. Deadlines are per phase and belong to the caller (:class:`Timeouts`): connect, first
    byte (counted from the *end* of the request body, so an idle preconnect never times
    out), between chunks, and each write. ``None`` means no deadline.
+
 Imports: stdlib, trio, h11 and ``trickle_trio.core`` (and ``.transport`` for types).
 """
 
