@@ -446,6 +446,62 @@ async def test_sigterm_drains_every_shard_through_the_proxy_then_stops(cluster: 
     assert "cluster stopped" in output
 
 
+@needs_haproxy
+async def test_a_subscriber_that_hangs_up_leaves_its_backend_too(cluster: Cluster) -> None:
+    # (The reference subscriber drops a preconnect that got no headers for 20 s.)
+    with trio.fail_after(LIMIT):
+        assert (await request(cluster.url, "POST", "/alpha")).status == 200
+        waiting = [await get_waiting(cluster.url, "/alpha/0") for _ in range(3)]
+        await cluster.wait_attached("b2", "alpha", subscribers=3)
+        for conn in waiting:
+            await conn.aclose()
+
+        async def subscribers() -> int:
+            listing = {c["channel"]: c for c in (await cluster.status("b2"))["channels"]}
+            count: int = listing["alpha"]["subscribers"]
+            return count
+
+        # HAProxy (option abortonclose) ends them on the backend: poll its state.
+        while await subscribers():  # ruff: ignore[async-busy-wait] - another process
+            await trio.sleep(0.005)
+
+
+def backend_sockets(url: str) -> set[tuple[int, int]]:
+    """The established TCP connections into the backend at ``url`` (Linux /proc)."""
+    port = int(url.rpartition(":")[2])
+    found = set()
+    with open("/proc/net/tcp") as table:
+        for row in table.read().splitlines()[1:]:
+            local, remote, state = row.split()[1:4]
+            if state == "01" and int(local.split(":")[1], 16) == port:
+                found.add((port, int(remote.split(":")[1], 16)))
+    return found
+
+
+@needs_haproxy
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+async def test_requests_of_one_client_connection_reuse_one_backend_connection(
+    cluster: Cluster,
+) -> None:
+    with trio.fail_after(LIMIT):
+        assert (await request(cluster.url, "POST", "/alpha/0", b"x")).status == 200
+        owner = await cluster.owner("alpha")
+        backend = next(shard for shard in cluster.shards if shard.name == owner)
+        conn = await connect(cluster.url)
+        used = []
+        for _ in range(5):
+            await conn.start("GET", "/alpha/next")
+            await conn.end()
+            assert (await conn.response()).body == b"1"
+            used.append(backend_sockets(backend.url))
+            conn.h11.start_next_cycle()  # keep-alive: the next request on the same socket
+            del conn.reply
+        await conn.aclose()
+    # HTTP/1.1 keep-alive from HAProxy to the backend: the same TCP connection each time.
+    assert all(sockets == used[0] for sockets in used), used
+    assert used[0]
+
+
 def gone(pid: int) -> bool:
     """Exited: no such process, or a zombie nobody has reaped yet."""
     try:
