@@ -1,0 +1,166 @@
+"""``python -m bench.through_proxy``: the live scenario through HAProxy with 1, 2, ... backends.
+
+    python -m bench.through_proxy [--workers 1,2] [--channels 40] [--duration 8] [--direct]
+
+For each worker count N it starts ``trickle-trio cluster --workers N`` (HAProxy in front of
+N ``trickle-trio serve`` processes, see ``deploy/``), then runs ``python -m bench live``
+against it twice: ``--find-max`` for the capacity (the most channels with p99 under
+100 ms and nothing lost), and one run at a fixed ``--channels`` for the CPU split. The
+runner only sees the process listening on the URL (HAProxy), so this script reads the
+CPU time of HAProxy (user and system apart) and of every backend from ``/proc`` around
+that run. ``--direct`` adds the same two runs against one plain ``trickle-trio serve``.
+Prints a Markdown table; the runs' JSON stays in ``--keep DIR`` when given.
+
+Linux only (``/proc``); needs HAProxy (``apt-get install haproxy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trickle_trio.cluster import free_port
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (0, 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0, 0.0
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+@dataclass
+class Row:
+    setup: str
+    max_channels: int | None = None
+    p99_at_max: float | None = None
+    generator_limited: bool = False
+    p50: float | None = None
+    p99: float | None = None
+    proxy_user: float = 0.0  # CPU ms per channel-second
+    proxy_sys: float = 0.0
+    backends: float = 0.0
+    other: float | None = None  # cores
+
+
+def run_bench(url: str, label: str, extra: list[str], out: Path) -> dict[str, Any]:
+    """``python -m bench live`` against ``url``; its JSON."""
+    command = [sys.executable, "-m", "bench", "live", "--url", f"{label}={url}", "--quiet"]
+    subprocess.run([*command, "--json", str(out), *extra], check=False, stdout=subprocess.DEVNULL)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def start_cluster(workers: int, run_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    port = free_port()
+    command = [sys.executable, "-m", "trickle_trio", "cluster", "--workers", str(workers)]
+    command += ["--port", str(port), "--run-dir", str(run_dir), "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = run_dir / "cluster.json"
+    deadline = time.monotonic() + 60
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"cluster with {workers} workers did not start; see {run_dir}")
+        time.sleep(0.1)
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    state["port"] = port
+    return process, state
+
+
+def measure(
+    setup: str, url: str, pids: tuple[int | None, list[int]], args: argparse.Namespace, keep: Path
+) -> Row:
+    row = Row(setup)
+    timing = ["--duration", str(args.duration)]
+    found = run_bench(url, setup, ["--find-max", *timing], keep / f"{setup}-max.json")
+    search = found["find_max"][0]
+    row.max_channels = search["max_channels"]
+    row.p99_at_max = search["p99_ms_at_max"]
+    row.generator_limited = bool(search["limited_by_generator"])
+
+    proxy, backends = pids
+    before = [cpu_seconds(pid) for pid in [proxy or 0, *backends]]
+    fixed = ["--channels", str(args.channels), *timing]
+    result = run_bench(url, setup, fixed, keep / f"{setup}-fixed.json")
+    after = [cpu_seconds(pid) for pid in [proxy or 0, *backends]]
+    run = result["runs"][0]
+    row.p50, row.p99 = run["metrics"]["p50_ms"], run["metrics"]["p99_ms"]
+    row.other = run["usage"]["other_busy"]
+    per = 1000 / (args.channels * args.duration)  # CPU s -> ms per channel-second
+    if proxy is None:  # plain serve: the runner measured it as "server"
+        row.backends = run["usage"]["server"]["cpu_s"] * per
+    else:
+        row.proxy_user = (after[0][0] - before[0][0]) * per
+        row.proxy_sys = (after[0][1] - before[0][1]) * per
+        used = sum(sum(a) - sum(b) for a, b in zip(after[1:], before[1:], strict=True))
+        row.backends = used * per
+        # The runner counts the backends as "other": take them out again.
+        row.other = max(0.0, row.other - used / run["usage"]["wall_s"])
+    return row
+
+
+def table(rows: list[Row], args: argparse.Namespace) -> str:
+    def num(value: float | None, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        f"live, 2 Mbit/s per channel, 1 subscriber, {args.duration:g} s runs; CPU at "
+        f"{args.channels} channels, in ms of CPU per channel-second",
+        "",
+        "| setup | max channels (p99 < 100 ms) | p99 at max | p50 / p99 ms at "
+        f"{args.channels} ch | HAProxy user + sys | backends | other load (cores) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        mark = " (generator-bound)" if row.generator_limited else ""
+        proxy = "-" if row.setup == "direct" else f"{row.proxy_user:.1f} + {row.proxy_sys:.1f}"
+        lines.append(
+            f"| {row.setup} | {row.max_channels}{mark} | {num(row.p99_at_max)} | "
+            f"{num(row.p50)} / {num(row.p99)} | {proxy} | {num(row.backends)} | "
+            f"{num(row.other, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.through_proxy", description=__doc__)
+    parser.add_argument("--workers", default="1,2", help="backend counts, comma list (1,2)")
+    parser.add_argument("--channels", type=int, default=40, help="channels of the CPU run (40)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (8)")
+    parser.add_argument("--direct", action="store_true", help="also one plain serve process")
+    parser.add_argument("--keep", help="keep the runs' JSON and cluster logs here")
+    args = parser.parse_args(argv)
+    keep = Path(args.keep or tempfile.mkdtemp(prefix="bench-proxy-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if args.direct:
+        rows.append(measure("direct", "trickle-trio", (None, []), args, keep))
+    for workers in (int(n) for n in args.workers.split(",")):
+        process, state = start_cluster(workers, keep / f"cluster-{workers}")
+        try:
+            url = f"http://127.0.0.1:{state['port']}/"
+            pids = (state["proxy_pid"], [shard["pid"] for shard in state["shards"]])
+            rows.append(measure(f"proxy+{workers}", url, pids, args, keep))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+    print(table(rows, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
