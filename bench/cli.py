@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -174,6 +175,28 @@ def _live(args: argparse.Namespace, channels: int) -> LiveConfig:
 
 
 async def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run what ``args`` asks for; SIGTERM/SIGINT stop it cleanly (servers, workers)."""
+    outcome: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    print(f"bench: {signal.Signals(signum).name}, stopping", file=sys.stderr)
+                    outcome.append(128 + signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def main() -> None:
+            outcome.append(await _run(args, parser))
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        nursery.start_soon(main)
+    return outcome[0] if outcome else 1
+
+
+async def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     targets = [Target.parse(spec) for spec in args.url or ["trickle-trio"]]
     if len({t.label for t in targets}) != len(targets):
         parser.error("two --url targets have the same label; name them: --url NAME=SPEC")

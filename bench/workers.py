@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from .procstat import die_with_parent
 from .servers import Endpoint
 
 #: Counter slots per worker row (meaning is up to the scenario; see its ``progress``).
@@ -181,6 +182,7 @@ class Control:
 
 def _worker_main(conn: multiprocessing.connection.Connection) -> None:
     """A worker process: run jobs until told to exit (None) or the pipe closes."""
+    die_with_parent()
     while True:
         try:
             message = conn.recv()

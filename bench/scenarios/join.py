@@ -22,6 +22,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -29,16 +30,9 @@ import trio
 from ..client import Conn, HttpError
 from ..servers import Endpoint
 from ..workers import Control
-from .common import C_ERRORS, C_UNITS, Outcome, Plan, Publisher, Subscriber, describe, percentile
-from .live import (
-    STAMP,
-    ChannelState,
-    ChunkSink,
-    LiveConfig,
-    Pacer,
-    run_publisher,
-    run_subscriber,
-)
+from .common import C_ERRORS, C_UNITS, Outcome, Plan, describe, percentile
+from .engine import STAMP, ChannelState, Engine
+from .live import LiveConfig, pace_of
 
 
 @dataclass(frozen=True)
@@ -140,59 +134,18 @@ async def _channel(ctl: Control) -> dict[str, Any]:
     config: JoinConfig = ctl.job.config
     live = config.live
     endpoint: Endpoint = ctl.job.endpoint
-    state = ChannelState(0, f"{ctl.job.run_id}-0")
-    publisher = Publisher(endpoint, state.name, live.mime)
-    subscribers = [Subscriber(endpoint, state.name) for _ in range(config.background)]
-    latencies: list[float] = []
-    lags: list[float] = []
-    errors: list[str] = []
-    sinks = [ChunkSink(0, live.chunk_bytes, latencies) for _ in subscribers]
+    engine = Engine(endpoint.host, endpoint.port, endpoint.base_path, pace_of(live), ctl.counters)
     try:
-        firsts = [await sub.request(0) for sub in subscribers]
-        post = await publisher.preconnect(0)
-        pacer = Pacer()
+        engine.add_channel(ChannelState(0, f"{ctl.job.run_id}-0"), config.background, 0.0)
+        await engine.set_up()
         t0 = await ctl.ready()
-        end = t0 + live.duration
-
-        async def everything() -> None:
-            with trio.move_on_at(end + live.grace + trio.current_time() - time.monotonic()):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pacer.run)
-                    async with trio.open_nursery() as channel:
-                        channel.start_soon(
-                            run_publisher,
-                            live,
-                            publisher,
-                            state,
-                            post,
-                            t0,
-                            end,
-                            pacer,
-                            lags,
-                            ctl.counters,
-                        )
-                        for sub, first, sink in zip(subscribers, firsts, sinks, strict=True):
-                            channel.start_soon(
-                                run_subscriber, live, sub, state, first, sink, errors, ctl.counters
-                            )
-                    nursery.cancel_scope.cancel()
-
-        await ctl.run_until_stopped(everything)
+        for pub in engine.publishers:
+            pub.start = pub.due = t0
+        await ctl.run_until_stopped(partial(engine.run, t0, t0 + live.duration, live.grace))
     except Exception as exc:
         ctl.counters[C_ERRORS] += 1
-        errors.append(describe(exc))
-    finally:
-        errors.extend(publisher.errors[:5])
-        publisher.close()
-        for sub in subscribers:
-            sub.close()
-    return {
-        "latencies_ms": latencies,
-        "written": state.written,
-        "received": sum(s.count for s in sinks),
-        "corrupt": sum(s.corrupt for s in sinks),
-        "errors": errors[:20],
-    }
+        engine.errors.append(describe(exc))
+    return engine.results()
 
 
 class _FirstBytes(Exception):

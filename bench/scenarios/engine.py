@@ -1,0 +1,717 @@
+"""The live engine: paced publishers and following subscribers for many channels, driven
+by two trio tasks per process (a reactor and a pacer) instead of tasks per connection.
+
+Why: with a task per publisher and per subscriber, trio's scheduling (a wake-up, an
+epoll re-arm and a task switch per chunk, each way) cost more than the socket calls
+themselves. Here the pacer calls every due publisher's ``fire()`` synchronously, and
+the reactor waits on one level-triggered epoll set of all subscriber and answer
+sockets (itself a single fd to trio) and hands each readable socket to its owner's
+parser. Socket I/O is non-blocking and synchronous; only new TCP connections are
+made in (rare) helper tasks.
+
+Rules:
+- Everything here runs in the worker's one trio thread; callbacks never await.
+- A ``SyncConn`` is read by exactly one owner at a time: a subscriber's current GET or
+  a publisher's answer reader. Preconnected requests are not watched until they become
+  current, so level-triggered epoll never spins on bytes nobody reads yet.
+- A failing connection fails only its channel (recorded in ``errors``).
+
+Imports: stdlib, trio and the bench's client helpers.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..client import LAST_CHUNK, Head, chunk_prefix, request_head
+from .common import C_AUX, C_LOST, C_UNITS
+
+#: magic, channel, seq, chunk index, write time (monotonic ns).
+STAMP = struct.Struct("<4sIIIq")
+MAGIC = b"TRKL"
+_RECV = 64 * 1024
+_CONNECT_CONCURRENCY = 32
+
+
+class ConnError(Exception):
+    """A connection broke, or the peer broke HTTP framing."""
+
+
+@dataclass
+class ChannelState:
+    """What a channel's publisher tells its subscribers (same process)."""
+
+    index: int
+    name: str
+    written: int = 0
+    done: bool = False
+
+
+class ChunkSink:
+    """Cuts one subscriber's stream back into chunks; records each chunk's latency.
+
+    Chunks have a fixed size, so a chunk ends every ``size`` bytes of a segment; the
+    stamp at its start says where it came from and when it was written.
+    """
+
+    __slots__ = ("buf", "channel", "corrupt", "count", "latencies", "seq", "size")
+
+    def __init__(self, channel: int, size: int, latencies: list[float]) -> None:
+        self.channel = channel
+        self.size = size
+        self.latencies = latencies
+        self.buf = bytearray()
+        self.seq = 0
+        self.count = 0
+        self.corrupt = 0
+
+    def start_segment(self, seq: int) -> None:
+        if self.buf:
+            self.corrupt += 1  # the previous segment ended inside a chunk
+            self.buf.clear()
+        self.seq = seq
+
+    def __call__(self, view: memoryview) -> None:
+        size = self.size
+        buf = self.buf
+        if not buf and len(view) == size:
+            self._chunk(view, time.monotonic_ns())
+            return
+        buf += view
+        if len(buf) < size:
+            return
+        now = time.monotonic_ns()
+        while len(buf) >= size:
+            self._chunk(buf, now)
+            del buf[:size]
+
+    def _chunk(self, data: memoryview | bytearray, now: int) -> None:
+        magic, channel, seq, _index, t_ns = STAMP.unpack_from(data)
+        if magic != MAGIC or channel != self.channel or seq != self.seq:
+            self.corrupt += 1
+            return
+        self.count += 1
+        self.latencies.append((now - t_ns) / 1e6)
+
+
+def _discard(_: memoryview) -> None:
+    pass
+
+
+# -- connections and parsing, synchronous ----------------------------------------------------
+
+
+class SyncConn:
+    """A non-blocking socket with an in-place receive buffer and a send backlog."""
+
+    __slots__ = ("buf", "closed", "end", "fd", "host", "out", "reader", "sock", "start", "view")
+
+    def __init__(self, sock: socket.socket, host: bytes) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.host = host
+        self.buf = bytearray(_RECV)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+        self.out = bytearray()
+        self.closed = False
+        #: Called by the reactor when readable (None = not watched for reading).
+        self.reader: Callable[[], None] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> SyncConn:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            err = sock.connect_ex((host, port))
+            if err == errno.EINPROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            else:
+                await trio.lowlevel.checkpoint()
+            if err:
+                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, f"{host}:{port}".encode())
+
+    def send(self, data: bytes | bytearray, reactor: Reactor) -> None:
+        """Send ``data`` now, or queue what the socket won't take (sync on purpose)."""
+        if self.closed:
+            raise ConnError("send on a closed connection")
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnError(f"send failed: {exc}") from exc
+        if sent < len(data):
+            self.out += memoryview(data)[sent:]
+            reactor.update(self)
+
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise ConnError(f"send failed: {exc}") from exc
+        del self.out[:sent]
+
+    def recv(self) -> int:
+        """Receive after the unconsumed bytes; the count, 0 at EOF, -1 if none yet."""
+        start, end = self.start, self.end
+        if start == end:
+            start = end = 0
+        elif start:
+            self.buf[: end - start] = self.view[start:end]
+            start, end = 0, end - start
+        if end == _RECV:
+            raise ConnError("response head or chunk line too long")
+        self.start = start
+        try:
+            n = self.sock.recv_into(self.view[end:])
+        except BlockingIOError:
+            self.end = end
+            return -1
+        except OSError as exc:
+            raise ConnError(f"recv failed: {exc}") from exc
+        self.end = end + n
+        return n
+
+    def parse_head(self) -> Head | None:
+        """A response head from the buffer, or None if it is not complete yet."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\r\n\r\n", self.start, self.end)
+            if end < 0:
+                return None
+            lines = buf[self.start : end].decode("latin-1").split("\r\n")
+            self.start = end + 4
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+                raise ConnError(f"bad status line {lines[0]!r}")
+            status = int(parts[1])
+            if 100 <= status < 200:
+                continue
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            return Head(status, headers)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+class Body:
+    """Incremental body decoder (chunked or Content-Length), in place in a SyncConn."""
+
+    __slots__ = ("chunked", "crlf", "need", "trailer")
+
+    def __init__(self, head: Head) -> None:
+        self.chunked = "chunked" in head.headers.get("transfer-encoding", "").lower()
+        self.need = 0 if self.chunked else int(head.headers.get("content-length", "0"))
+        self.crlf = 0
+        self.trailer = False
+
+    def feed(self, conn: SyncConn, on_data: Callable[[memoryview], object]) -> bool:
+        """Consume what the buffer holds; True once the body is complete."""
+        buf, view = conn.buf, conn.view
+        pos, size = conn.start, conn.end
+        if not self.chunked:
+            take = min(self.need, size - pos)
+            if take:
+                on_data(view[pos : pos + take])
+            conn.start = pos + take
+            self.need -= take
+            return not self.need
+        while pos < size:
+            if self.need:
+                take = self.need if self.need < size - pos else size - pos
+                on_data(view[pos : pos + take])
+                pos += take
+                self.need -= take
+                if not self.need:
+                    self.crlf = 2
+            elif self.crlf:
+                take = self.crlf if self.crlf < size - pos else size - pos
+                pos += take
+                self.crlf -= take
+            else:
+                end = buf.find(b"\r\n", pos, size)
+                if end < 0:
+                    break
+                if self.trailer:
+                    # Trailer lines (normally none) until an empty line.
+                    empty = end == pos
+                    pos = end + 2
+                    if empty:
+                        conn.start = pos
+                        return True
+                    continue
+                chunk = int(bytes(buf[pos:end]).split(b";", 1)[0], 16)
+                pos = end + 2
+                if chunk:
+                    self.need = chunk
+                else:
+                    self.trailer = True
+        conn.start = pos
+        return False
+
+
+class Reactor:
+    """One level-triggered epoll set of many sockets, waited on by one trio task."""
+
+    def __init__(self, on_error: Callable[[SyncConn, Exception], None]) -> None:
+        self.epoll = select.epoll()
+        self.conns: dict[int, SyncConn] = {}
+        self.masks: dict[int, int] = {}
+        self.on_error = on_error
+
+    def update(self, conn: SyncConn) -> None:
+        """Watch ``conn`` for what it needs now: reading (has a reader), writing (backlog)."""
+        mask = (select.EPOLLIN if conn.reader is not None else 0) | (
+            select.EPOLLOUT if conn.out else 0
+        )
+        old = self.masks.get(conn.fd, 0)
+        if conn.closed:
+            mask = 0
+        if mask == old:
+            return
+        if not old:
+            self.epoll.register(conn.fd, mask)
+            self.conns[conn.fd] = conn
+        elif not mask:
+            if not conn.closed:
+                self.epoll.unregister(conn.fd)
+            del self.conns[conn.fd]
+        else:
+            self.epoll.modify(conn.fd, mask)
+        if mask:
+            self.masks[conn.fd] = mask
+        else:
+            self.masks.pop(conn.fd, None)
+
+    def watch(self, conn: SyncConn, reader: Callable[[], None] | None) -> None:
+        conn.reader = reader
+        self.update(conn)
+
+    def forget(self, conn: SyncConn) -> None:
+        """Stop watching ``conn`` (before closing it)."""
+        conn.reader = None
+        conn.out.clear()
+        if self.masks.pop(conn.fd, 0):
+            self.epoll.unregister(conn.fd)
+            self.conns.pop(conn.fd, None)
+
+    async def run(self) -> None:
+        conns = self.conns
+        while True:
+            await trio.lowlevel.wait_readable(self.epoll.fileno())
+            for fd, events in self.epoll.poll(0):
+                conn = conns.get(fd)
+                if conn is None:
+                    continue
+                try:
+                    if events & select.EPOLLOUT:
+                        conn.flush()
+                        if not conn.out:
+                            self.update(conn)
+                    reader = conn.reader
+                    if reader is not None and events & ~select.EPOLLOUT:
+                        reader()
+                except ConnError as exc:
+                    self.on_error(conn, exc)
+
+    def close(self) -> None:
+        self.epoll.close()
+
+
+# -- publishers and subscribers ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What every publisher of an engine sends."""
+
+    chunk_bytes: int
+    chunks_per_segment: int
+    interval: float
+    mime: str
+
+
+class LivePublisher:
+    """One channel's paced publisher, fired by the engine's pacer."""
+
+    def __init__(self, engine: Engine, state: ChannelState, start: float) -> None:
+        self.engine = engine
+        self.state = state
+        self.start = start
+        self.due = start
+        self.seq = 0
+        self.index = 0
+        self.conn: SyncConn | None = None
+        self.next: SyncConn | None = None
+        self.idle: list[SyncConn] = []
+        self.finished = False
+        pace = engine.pace
+        prefix = chunk_prefix(pace.chunk_bytes)
+        self.template = bytearray(prefix + bytes(pace.chunk_bytes) + b"\r\n")
+        self.stamp_at = len(prefix)
+
+    def _head(self, conn: SyncConn, seq: int) -> bytes:
+        path = self.engine.path(self.state.name, seq)
+        headers = {"Content-Type": self.engine.pace.mime}
+        return request_head(conn.host, "POST", path, headers, body_length=None)
+
+    async def set_up(self) -> None:
+        """Connect, and preconnect ``POST /{ch}/0``."""
+        self.conn = await self.engine.connect()
+        self.conn.send(self._head(self.conn, 0), self.engine.reactor)
+        self.idle.append(await self.engine.connect())
+
+    def fire(self) -> float | None:
+        """Send the chunk that is due; the next due time, or None when finished."""
+        engine, state = self.engine, self.state
+        conn = self.conn
+        if conn is None:  # the next segment's connection is still being made
+            return time.monotonic() + 0.001
+        now = time.monotonic_ns()
+        engine.lags.append(now / 1e6 - self.due * 1e3)
+        STAMP.pack_into(self.template, self.stamp_at, MAGIC, state.index, self.seq, self.index, now)
+        conn.send(self.template, engine.reactor)
+        state.written += 1
+        engine.counters[C_AUX] += 1
+        self.index += 1
+        if self.index == 1:
+            self._preconnect(self.seq + 1)
+        self.due = self.start + state.written * engine.pace.interval
+        last = self.due >= engine.end
+        if self.index == engine.pace.chunks_per_segment or last:
+            conn.send(LAST_CHUNK, engine.reactor)
+            self._read_answer(conn, self.seq)
+            self.conn, self.next = self.next, None
+            self.seq += 1
+            self.index = 0
+        if last:
+            self._finish()
+            return None
+        return self.due
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.state.done = True
+        if self.conn is not None:
+            # Release the idle preconnect (an empty segment), as a stopping publisher does.
+            self.conn.send(LAST_CHUNK, self.engine.reactor)
+            self._read_answer(self.conn, self.seq)
+            self.conn = None
+        self.engine.publisher_done()
+
+    def _preconnect(self, seq: int) -> None:
+        conn = self.idle.pop() if self.idle else None
+        if conn is None:
+            self.engine.spawn(self._connect_and_preconnect, seq)
+            return
+        conn.send(self._head(conn, seq), self.engine.reactor)
+        self.next = conn
+
+    async def _connect_and_preconnect(self, seq: int) -> None:
+        conn = await self.engine.connect()
+        if self.finished:
+            conn.close()
+            return
+        conn.send(self._head(conn, seq), self.engine.reactor)
+        if self.seq == seq and self.conn is None:
+            self.conn = conn  # the segment already switched over and waits for it
+        else:
+            self.next = conn
+
+    def _read_answer(self, conn: SyncConn, seq: int) -> None:
+        """Watch ``conn`` for the answer to ``seq``'s POST; then back to the idle pool."""
+        reactor = self.engine.reactor
+        body: Body | None = None
+        keep = True
+
+        def read() -> None:
+            nonlocal body, keep
+            if conn.recv() == 0:
+                raise ConnError(f"POST {self.state.name}/{seq}: closed before the answer")
+            if body is None:
+                head = conn.parse_head()
+                if head is None:
+                    return
+                if head.status != 200:
+                    self.engine.errors.append(f"POST {self.state.name}/{seq}: {head.status}")
+                body, keep = Body(head), head.keep_alive
+            if body.feed(conn, _discard):
+                reactor.forget(conn)
+                if keep and not self.finished:
+                    self.idle.append(conn)
+                else:
+                    conn.close()
+
+        reactor.watch(conn, read)
+
+
+class LiveSubscriber:
+    """Follows one channel from seq 0, preconnecting ``GET seq+1`` at each segment's head."""
+
+    def __init__(self, engine: Engine, state: ChannelState, sink: ChunkSink) -> None:
+        self.engine = engine
+        self.state = state
+        self.sink = sink
+        self.seq = 0
+        self.cur: SyncConn | None = None
+        self.next: SyncConn | None = None
+        self.idle: list[SyncConn] = []
+        self.body: Body | None = None
+        self.ok = False
+        self.keep = True
+        self.finished = False
+
+    def _get(self, conn: SyncConn, seq: int) -> None:
+        path = self.engine.path(self.state.name, seq)
+        conn.send(request_head(conn.host, "GET", path), self.engine.reactor)
+
+    async def set_up(self) -> None:
+        """Connect, send ``GET /{ch}/0`` (it waits for the first byte), keep a spare."""
+        self.cur = await self.engine.connect()
+        self._get(self.cur, 0)
+        self.idle.append(await self.engine.connect())
+
+    def begin(self) -> None:
+        assert self.cur is not None
+        self.engine.reactor.watch(self.cur, self.on_readable)
+
+    def on_readable(self) -> None:
+        conn = self.cur
+        assert conn is not None
+        n = conn.recv()
+        if n == 0:
+            raise ConnError(f"GET {self.state.name}/{self.seq}: connection closed")
+        sink = self.sink
+        while True:
+            if self.body is None:
+                head = conn.parse_head()
+                if head is None:
+                    return
+                if head.headers.get("lp-trickle-closed"):
+                    self._finish()
+                    return
+                self._request_next()
+                self.ok = head.status == 200 and head.headers.get("lp-trickle-seq") == str(self.seq)
+                if self.ok:
+                    sink.start_segment(self.seq)
+                else:
+                    self.engine.errors.append(f"GET {self.state.name}/{self.seq}: {head.status}")
+                    self.engine.counters[C_LOST] += 1
+                self.keep = head.keep_alive
+                self.body = Body(head)
+            before = sink.count
+            done = self.body.feed(conn, sink if self.ok else _discard)
+            self.engine.counters[C_UNITS] += sink.count - before
+            if not done:
+                return
+            self._next_segment(conn)
+            return
+
+    def _next_segment(self, conn: SyncConn) -> None:
+        reactor = self.engine.reactor
+        self.body = None
+        reactor.forget(conn)
+        if self.keep:
+            self.idle.append(conn)
+        else:
+            conn.close()
+        self.seq += 1
+        self.cur, self.next = self.next, None
+        if self.state.done and self.sink.count >= self.state.written:
+            self._finish()
+        elif self.cur is not None:
+            reactor.watch(self.cur, self.on_readable)
+
+    def _request_next(self) -> None:
+        conn = self.idle.pop() if self.idle else None
+        if conn is None:
+            self.engine.spawn(self._connect_and_request, self.seq + 1)
+            return
+        self._get(conn, self.seq + 1)
+        self.next = conn
+
+    async def _connect_and_request(self, seq: int) -> None:
+        conn = await self.engine.connect()
+        if self.finished:
+            conn.close()
+            return
+        self._get(conn, seq)
+        if self.seq == seq and self.cur is None:
+            self.cur = conn
+            self.engine.reactor.watch(conn, self.on_readable)
+        else:
+            self.next = conn
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.engine.subscriber_done()
+
+
+class Engine:
+    """Many channels' publishers and subscribers in one process (see the module doc)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        base_path: str,
+        pace: Pace,
+        counters: memoryview,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.base_path = base_path
+        self.pace = pace
+        self.counters = counters
+        self.latencies: list[float] = []
+        self.lags: list[float] = []
+        self.errors: list[str] = []
+        self.reactor = Reactor(self._conn_failed)
+        self.publishers: list[LivePublisher] = []
+        self.subscribers: list[LiveSubscriber] = []
+        self.sinks: list[ChunkSink] = []
+        self.end = 0.0
+        self._open: list[SyncConn] = []
+        self._limiter = trio.CapacityLimiter(_CONNECT_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
+        self._pending = 0
+        self._all_done = trio.Event()
+
+    def path(self, channel: str, seq: int) -> str:
+        return f"{self.base_path}{channel}/{seq}"
+
+    async def connect(self) -> SyncConn:
+        async with self._limiter:
+            conn = await SyncConn.open(self.host, self.port)
+        self._open.append(conn)
+        return conn
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except (OSError, ConnError) as exc:
+            self.errors.append(f"connect: {exc}")
+
+    def add_channel(self, state: ChannelState, subscribers: int, start: float) -> None:
+        self.publishers.append(LivePublisher(self, state, start))
+        for _ in range(subscribers):
+            sink = ChunkSink(state.index, self.pace.chunk_bytes, self.latencies)
+            self.sinks.append(sink)
+            self.subscribers.append(LiveSubscriber(self, state, sink))
+
+    async def set_up(self) -> None:
+        """Open every connection and send the first requests (before "go")."""
+        async with trio.open_nursery() as nursery:
+            for sub in self.subscribers:
+                nursery.start_soon(sub.set_up)
+            for pub in self.publishers:
+                nursery.start_soon(pub.set_up)
+        self._pending = len(self.publishers) + len(self.subscribers)
+
+    def publisher_done(self) -> None:
+        self._done_one()
+
+    def subscriber_done(self) -> None:
+        self._done_one()
+
+    def _done_one(self) -> None:
+        self._pending -= 1
+        if self._pending <= 0:
+            self._all_done.set()
+
+    def _conn_failed(self, conn: SyncConn, exc: Exception) -> None:
+        self.errors.append(str(exc))
+        self.reactor.forget(conn)
+        conn.close()
+        for sub in self.subscribers:
+            if sub.cur is conn:
+                sub._finish()
+
+    async def run(self, start: float, end: float, grace: float) -> None:
+        """Publish from the publishers' start times until ``end``; return when every
+        subscriber has everything, or at ``end + grace``."""
+        self.end = end
+        offset = trio.current_time() - time.monotonic()
+        try:
+            with trio.move_on_at(end + grace + offset):
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for sub in self.subscribers:
+                        sub.begin()
+                    nursery.start_soon(self.reactor.run)
+                    nursery.start_soon(self._pace, offset)
+                    await self._all_done.wait()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            for conn in self._open:
+                conn.close()
+            self.reactor.close()
+
+    async def _pace(self, offset: float, resolution: float = 0.001) -> None:
+        """Fire every publisher when it is due (one timer for all of them)."""
+        counter = itertools.count()
+        heap = [(pub.due, next(counter), pub) for pub in self.publishers]
+        heapq.heapify(heap)
+        while heap:
+            due = heap[0][0]
+            if due > time.monotonic():
+                await trio.sleep_until(due + offset)
+                continue
+            limit = time.monotonic() + resolution
+            while heap and heap[0][0] <= limit:
+                pub = heapq.heappop(heap)[2]
+                try:
+                    following = pub.fire()
+                except ConnError as exc:
+                    self.errors.append(f"POST {pub.state.name}/{pub.seq}: {exc}")
+                    pub.finished = True
+                    pub.state.done = True
+                    self.publisher_done()
+                    continue
+                if following is not None:
+                    heapq.heappush(heap, (following, next(counter), pub))
+            await trio.lowlevel.checkpoint()
+
+    def results(self) -> dict[str, Any]:
+        return {
+            "latencies_ms": self.latencies,
+            "lags_ms": self.lags,
+            "written": sum(p.state.written for p in self.publishers),
+            "received": sum(s.count for s in self.sinks),
+            "corrupt": sum(s.corrupt for s in self.sinks),
+            "errors": self.errors[:20],
+        }
