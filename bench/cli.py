@@ -59,6 +59,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plot", metavar="DIR", help="write PNG plots there (needs matplotlib)")
     group.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     group.add_argument("--server-logs", metavar="DIR", help="keep started servers' logs there")
+    group.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each run wait up to S seconds for other processes to go quiet "
+        "(< 0.25 busy cores): useful on a shared machine (default 0: don't wait)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +222,11 @@ async def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
     with Runner(
-        targets, workers=args.workers, progress=Progress(not args.quiet), server_logs=logs
+        targets,
+        workers=args.workers,
+        progress=Progress(not args.quiet),
+        server_logs=logs,
+        wait_idle=args.wait_idle,
     ) as runner:
         for name, scenario_args, configs in work:
             if name == "live" and getattr(scenario_args, "find_max", False):

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from .client import HttpError
-from .procstat import ProcSampler, Usage
+from .procstat import ProcSampler, Usage, cpu_count, machine_cpu
 from .scenarios import join, live, stream
 from .scenarios.common import Outcome, create_channels, delete_channels, describe
 from .servers import Endpoint, Target, open_target
@@ -124,6 +124,8 @@ class Runner:
     workers: int = 2
     progress: Progress = field(default_factory=lambda: Progress(True))
     server_logs: Path | None = None
+    #: Before each run, wait up to this many seconds for the machine to go idle.
+    wait_idle: float = 0.0
     records: list[RunRecord] = field(default_factory=list)
     _pool: WorkerPool | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -157,6 +159,8 @@ class Runner:
         module, _ = SCENARIOS[scenario]
         tag = f"[{scenario} {config.label} | {target.label} | rep {rep + 1}/{reps}]"
         record = RunRecord(scenario, config.label, target.label, rep, asdict(config), None, None)
+        if self.wait_idle > 0:
+            await self._wait_idle(tag)
         try:
             async with open_target(target, self.server_logs) as endpoint:
                 outcome, usage = await self._measure(module, config, endpoint, tag)
@@ -182,6 +186,18 @@ class Runner:
         self.records.append(record)
         self.progress.done(f"{tag} {summary_line(record)}")
         return record
+
+    async def _wait_idle(self, tag: str, threshold: float = 0.25) -> None:
+        """Wait (at most ``wait_idle`` s) until other processes use < ``threshold`` cores."""
+        deadline = time.monotonic() + self.wait_idle
+        while True:
+            busy0, total0 = machine_cpu()
+            await trio.sleep(1.0)
+            busy1, total1 = machine_cpu()
+            busy = (busy1 - busy0) / max(total1 - total0, 1e-9) * cpu_count()
+            if busy < threshold or time.monotonic() >= deadline:
+                return
+            self.progress.show(f"{tag} waiting for an idle machine ({busy:.2f} cores busy)")
 
     async def _measure(
         self, module: ModuleType, config: Any, endpoint: Endpoint, tag: str
