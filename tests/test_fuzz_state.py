@@ -25,7 +25,8 @@ Rules it encodes (PROTOCOL.md, "Publish", "Subscribe", "Deliberate improvements"
 - reads resolve -1/-2/-N; not in the window -> precreate at ``next_write`` (or seq 1
   before the first write) on an open channel, else 470;
 - a closed segment never changes: bytes for it are discarded;
-- DELETE of the channel: every open POST ends as channel-closed, every segment closes;
+- DELETE of the channel: every segment closes (its readers end with what was written),
+  then every open POST, idle or not, ends as channel-closed;
 - the sweep deletes channels idle for more than the timeout, except ``_`` names.
 """
 
@@ -119,7 +120,6 @@ class MPublisher:
 class MReader:
     channel: MChannel
     segment: MSegment
-    cancelled: bool = False  # its channel was deleted before the segment ended
 
 
 class Model:
@@ -236,10 +236,9 @@ class Model:
     def delete(self, name: str) -> None:
         channel = self.channels.pop(name)
         channel.closed = True
-        for reader in self.readers:  # subscribers are cancelled first...
-            if reader.channel is channel and not reader.segment.closed:
-                reader.cancelled = True
-        for pub in self.publishers:  # ...then every open POST ends as channel-closed
+        # Every segment closes for its readers (they end cleanly with what was written),
+        # then every open POST, idle or not, ends as channel-closed.
+        for pub in self.publishers:
             if pub.channel is channel and pub.outcome is None and pub.segment is not None:
                 pub.outcome = PublishOutcome.CHANNEL_CLOSED
         for segment in channel.window.values():
@@ -265,7 +264,8 @@ _ABORT = object()
 class RealPublisher:
     """A POST on the channel layer: lease, segment_for_write, pump (as http/streams.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
         self.send_chan, self.recv_chan = trio.open_memory_channel[Any](math.inf)
         self.segment: Segment | None = None  # taken by the machine once linked
         self.outcome: PublishOutcome | None = None
@@ -290,6 +290,7 @@ class RealPublisher:
             self.refused = True
         finally:
             self.done = True
+            self.log.append("publisher")
             self.recv_chan.close()
 
     def feed(self, item: object) -> None:
@@ -300,7 +301,8 @@ class RealPublisher:
 class RealReader:
     """A GET on the channel layer: lease, then every chunk until the segment ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
         self.data = bytearray()
         self.ended = False
         self.done = False
@@ -315,6 +317,7 @@ class RealReader:
                 self.ended = True
         finally:
             self.done = True
+            self.log.append("subscriber")
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -347,6 +350,8 @@ class ChannelMachine(RuleBasedStateMachine):
         self.pubs: list[tuple[MPublisher, RealPublisher]] = []
         self.readers: list[tuple[MReader, RealReader]] = []
         self.stale: Channel | None = None
+        #: Which kind of task finished, in order (for the DELETE ordering guarantee).
+        self.log: list[str] = []
         self.baseline, self.cancel, self.finished, self.nursery, self.registry = (
             trio.from_thread.run(self._open_example)
         )
@@ -422,7 +427,7 @@ class ChannelMachine(RuleBasedStateMachine):
     @rule(name=names, where=write_seqs, reset=st.booleans())
     def open_publisher(self, name: str, where: Any, reset: bool) -> None:
         seq = self.seq_of(name, where)
-        real = RealPublisher()
+        real = RealPublisher(self.log)
 
         def start() -> None:
             channel = self.registry.create(name, "video/mp2t")  # autocreate
@@ -470,7 +475,7 @@ class ChannelMachine(RuleBasedStateMachine):
             result = channel.segment_for_read(seq)
             found.append(result)
             if result.segment is not None:
-                reader = RealReader()
+                reader = RealReader(self.log)
                 found.append(reader)
                 self.nursery.start_soon(reader.run, channel, result.segment)
 
@@ -511,8 +516,11 @@ class ChannelMachine(RuleBasedStateMachine):
             return
         name = sorted(self.model.channels)[pick % len(self.model.channels)]
         self.stale = self.registry.get(name)
+        self.log.clear()
         self.step(self.registry.delete, name)
         self.model.delete(name)
+        # Ours: every subscriber has its end before any publisher is let go.
+        assert self.log == sorted(self.log, reverse=True), self.log
 
     def delete_unknown_channel(self, name: str) -> None:
         if name in self.model.channels:
@@ -622,12 +630,8 @@ class ChannelMachine(RuleBasedStateMachine):
 
         for mreader, reader in self.readers:
             assert reader.data == mreader.segment.data, "a reader saw other bytes"
-            if mreader.cancelled:
-                assert reader.done
-                assert not reader.ended
-            else:
-                assert reader.ended == mreader.segment.closed
-                assert reader.done == mreader.segment.closed
+            assert reader.ended == mreader.segment.closed
+            assert reader.done == mreader.segment.closed
 
         for mpub, pub in self.pubs:
             assert pub.outcome == (mpub.outcome or PublishOutcome.CHANNEL_CLOSED)
@@ -670,7 +674,7 @@ def machine_settings() -> settings:
             suppress_health_check=[HealthCheck.too_slow],
         )
     return settings(  # CI: the same examples every run
-        max_examples=120,
+        max_examples=200,
         stateful_step_count=40,
         deadline=None,
         derandomize=True,
