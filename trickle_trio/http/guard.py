@@ -89,9 +89,9 @@ class Guard:
         message: str,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        if self.state.registry is not None:
-            self.state.registry.metrics.responses[status] += 1
-        await send_error(send, status, message, headers or ())
+        registry = self.state.registry
+        counts = registry.metrics.responses if registry is not None else None
+        await send_error(send, status, message, headers or (), counts=counts)
 
 
 def _encode(token: str | None) -> bytes | None:

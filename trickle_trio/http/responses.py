@@ -7,6 +7,7 @@ sends ``Content-Length: 0`` and no Content-Type. Both are reproduced here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,8 +45,12 @@ async def send_error(
     status: int,
     message: str,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    counts: Counter[int] | None = None,
 ) -> None:
-    """Send what Go's ``http.Error`` sends."""
+    """Send what Go's ``http.Error`` sends; count it in ``counts`` (the metrics) if given."""
+    if counts is not None:
+        counts[status] += 1
     await send_response(
         send,
         status,

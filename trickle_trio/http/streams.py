@@ -117,9 +117,9 @@ class SegmentStreams:
         message: str,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        if self.state.registry is not None:
-            self.state.registry.metrics.responses[status] += 1
-        await send_error(send, status, message, headers or ())
+        registry = self.state.registry
+        counts = registry.metrics.responses if registry is not None else None
+        await send_error(send, status, message, headers or (), counts=counts)
 
 
 def header_value(scope: Any, name: bytes) -> str:
@@ -152,8 +152,7 @@ async def refuse(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Answer an error the way Go's ``http.Error`` does, and count it."""
-    channel.metrics.responses[status] += 1
-    await send_error(send, status, message, headers or ())
+    await send_error(send, status, message, headers or (), counts=channel.metrics.responses)
 
 
 # -- publish -----------------------------------------------------------------------------
