@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import h11
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from trickle_trio import Settings, open_server
@@ -25,7 +27,14 @@ from trickle_trio.client import (
     open_publisher,
     open_subscriber,
 )
-from trickle_trio.client.http import ResponseArrived, make_ssl_context, split_url
+from trickle_trio.client.http import (
+    Exchange,
+    Origin,
+    ResponseArrived,
+    _Connection,
+    make_ssl_context,
+    split_url,
+)
 from trickle_trio.server import RunningServer
 
 from .client_support import STEP, fresh_name, read_request_head, scripted_server
@@ -85,6 +94,49 @@ async def test_an_early_answer_cancels_a_blocked_write() -> None:
                 events.append(f"answered {head.status}")
             await exchange.aclose()
     assert events == ["answered 403", "write ended"]
+
+
+async def test_a_cancelled_end_still_ends_the_body() -> None:
+    """``end()`` cancelled while it waits to write (the server is not reading) still
+    writes the end of the body once it can: the server gets a complete request. A
+    lockstep stream makes every write wait for the peer's read."""
+    client, server = trio.testing.lockstep_stream_pair()
+    transport = Transport()
+    conn = _Connection(client, Origin("http", "test", 80), trio.Semaphore(1))
+    exchange = Exchange(transport, conn, "http://test/ch/0", reused=False)
+    request = h11.Request(
+        method="POST", target="/ch/0", headers=[("Host", "test"), ("Transfer-Encoding", "chunked")]
+    )
+    received = bytearray()
+
+    async def read_some() -> None:
+        received.extend(await server.receive_some(65536))
+
+    with trio.fail_after(STEP):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(exchange._write, request)
+            while not received.endswith(b"\r\n\r\n"):
+                await read_some()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(exchange.send, b"data")
+            while not received.endswith(b"data\r\n"):
+                await read_some()
+        end_scope = trio.CancelScope()
+
+        async def end() -> None:
+            with end_scope:
+                await exchange.end()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(end)
+            await trio.testing.wait_all_tasks_blocked()  # end() waits for a reader
+            end_scope.cancel()  # ... and is cancelled
+            await trio.testing.wait_all_tasks_blocked()
+            while not received.endswith(b"0\r\n\r\n"):
+                await read_some()  # the server reads again: the end arrives
+    assert exchange.body_ended
+    assert bytes(received).endswith(b"\r\n4\r\ndata\r\n0\r\n\r\n")
+    await exchange.aclose()
 
 
 async def test_informational_responses_are_skipped() -> None:

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT: Final = "trickle-trio"
 _RECEIVE_SIZE: Final = 65536
+#: Seconds :meth:`Exchange.end` goes on writing after a cancellation (no ``write`` deadline).
+END_GRACE: Final = 10.0
 #: What h11 accepts as a request target (visible ASCII).
 _TARGET_RE: Final = re.compile(r"[\x21-\x7e]+")
 #: Bodies of small answers (errors, ``/next``) are read up to this size.
@@ -333,8 +335,19 @@ class Exchange:
             await trio.lowlevel.checkpoint()
 
     async def end(self) -> None:
-        """End the request body; the ``first_byte`` deadline starts now. Same errors as send."""
-        await self._write(h11.EndOfMessage())
+        """End the request body; the ``first_byte`` deadline starts now. Same errors as send.
+
+        Cancellation: once begun, the end of the body is written even if the caller is
+        cancelled meanwhile (it may wait behind body bytes the server has not read yet),
+        for up to the ``write`` deadline or :data:`END_GRACE` seconds; the cancellation
+        is delivered afterwards. A body is never left cut just before its end.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        grace = self._timeouts.write
+        with trio.move_on_after(END_GRACE if grace is None else grace, shield=True):
+            await self._write(h11.EndOfMessage())
+        if not self._writing_clean:
+            raise TransportTimeout("write", self.url)
         self._body_ended_at = trio.current_time()
         self._set_head_deadline()
 
@@ -415,7 +428,10 @@ class Exchange:
                 for name, value in response.headers.raw_items()
             ),
         )
-        if not self.body_ended:
+        # Early = before the end of the body was handed to h11. (Not "before end()
+        # returned": the answer to a complete body can come while the writer is still
+        # in the checkpoint that follows its last send.)
+        if self._conn.h11.our_state is h11.SEND_BODY:
             self.early = True
             if self._write_scope is not None:
                 self._write_scope.cancel()
