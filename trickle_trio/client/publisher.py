@@ -85,6 +85,8 @@ class Publisher:
     ) -> None:
         if start < wire.SEQ_NEXT:
             raise ValueError(f"start must be >= 0 or -1, not {start}")
+        if not mime_type.isprintable():
+            raise ValueError(f"not a MIME type: {mime_type!r}")
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self.mime_type = mime_type
