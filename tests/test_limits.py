@@ -216,3 +216,21 @@ async def test_limit_log_lines_are_warnings(
     (record,) = [r for r in caplog.records if r.getMessage().startswith("limit hit")]
     assert record.levelno == level
     assert record.getMessage() == "limit hit limit=max_channels channel=b value=1"
+
+
+async def test_teardown_overrun_never_cuts_a_status_line_in_half(
+    trickle_app: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A subscriber blocked sending its status line when the teardown grace runs out:
+    the response it finally gets is still whole and well-formed."""
+    await request(trickle_app, "POST", "/cam")
+    async with open_exchange(trickle_app, "GET", "/cam/0", response_buffer=0) as stuck:
+        await trio.testing.wait_all_tasks_blocked()
+        await publish(trickle_app, "cam", 0, b"data")
+        await trio.testing.wait_all_tasks_blocked()  # now blocked in send(start)
+        start = trio.current_time()
+        assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        assert trio.current_time() - start == pytest.approx(5.0)  # grace ran out
+        response = await stuck.read_response()
+    assert (response.status, response.headers["lp-trickle-seq"]) == (200, "0")
+    assert response.complete

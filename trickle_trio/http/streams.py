@@ -311,8 +311,11 @@ async def _stream_segment(
                 headers.append((_CONTENT_TYPE, channel.mime_type.encode("latin-1", "replace")))
                 headers.append(header(wire.SIZE_HEADER, len(data)))
                 start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
-                await send(start)
                 started = True
+                # The status line must go out whole or not at all: a cancel landing on
+                # this checkpoint would leave us unable to tell which.
+                with trio.CancelScope(shield=True):
+                    await send(start)
             body: Any = {"type": "http.response.body", "body": data, "more_body": True}
             await send(body)
     if started:
