@@ -509,7 +509,7 @@ def tasks_living() -> int:
     return trio.lowlevel.current_statistics().tasks_living
 
 
-@pytest.mark.timeout(900)  # passing: ~20 s; a failure is shrunk, which can take minutes
+@pytest.mark.timeout(0 if LONG_RUN else 900)  # a failure is shrunk: that can take minutes
 @example_settings()
 @given(
     requests=st.lists(fuzz_requests(), min_size=2, max_size=14),

@@ -36,6 +36,7 @@ import gc
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ NAMES = ("a", "b", "_k")
 
 #: CI budget; TRICKLE_FUZZ_EXAMPLES=5000 for a long local run (then random, not derandomized).
 EXAMPLES = int(os.environ.get("TRICKLE_FUZZ_EXAMPLES", "0")) or None
+#: What was tried, printed at the end of a long run (pytest -s).
+TRIED: Counter[str] = Counter()
 
 
 # -- the model ---------------------------------------------------------------------------
@@ -356,6 +359,7 @@ class ChannelMachine(RuleBasedStateMachine):
             trio.from_thread.run(self._open_example)
         )
         self.model.now = self.clock.current_time()
+        TRIED["examples"] += 1
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -378,6 +382,8 @@ class ChannelMachine(RuleBasedStateMachine):
 
     def step(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` in trio (awaiting it if async), then let every task settle."""
+
+        TRIED["steps"] += 1
 
         async def run() -> Any:
             result = fn(*args)
@@ -684,7 +690,7 @@ def machine_settings() -> settings:
     )
 
 
-@pytest.mark.timeout(600)  # passing: ~5 s; a failure is shrunk, which can take minutes
+@pytest.mark.timeout(0 if EXAMPLES else 600)  # a failure is shrunk: that can take minutes
 async def test_channel_state_machine(
     nursery: trio.Nursery, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -694,3 +700,8 @@ async def test_channel_state_machine(
         )
 
     await trio.to_thread.run_sync(run)
+
+
+def teardown_module() -> None:
+    if EXAMPLES:
+        print(f"\nstate machine tried: {dict(TRIED)}")
