@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -586,3 +587,21 @@ def test_cluster_without_haproxy_says_so_in_one_line(tmp_path: Path) -> None:
         .splitlines()[-1]
         .startswith("trickle-trio cluster: haproxy not found: install it")
     )
+
+
+@needs_haproxy
+def test_a_taken_port_fails_fast_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()  # accepts connections and never answers them
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "trickle-trio"), "cluster", "--workers", "1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
+        )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("trickle-trio cluster: haproxy exited with status 1 while starting")
+    assert "cannot bind socket" in last

@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg.in"
 #: How long backends and the proxy may take to answer after they are started.
 STARTUP_TIMEOUT = 30.0
+#: How long one readiness probe may take (something else may hold the port, mute).
+PROBE_TIMEOUT = 1.0
 #: How long backends may take to drain (teardown grace + graceful timeout, with room).
 DRAIN_TIMEOUT = 30.0
 #: How long HAProxy may take to exit once the backends are gone, before a hard stop.
@@ -340,7 +342,7 @@ async def _wait_answering(child: Child, host: str, port: int, path: str) -> None
                 f"{child.name} exited with status {child.popen.returncode} while starting: "
                 f"{child.log_tail() or child.log_path}"
             )
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), trio.move_on_after(PROBE_TIMEOUT):
             if await http_status(host, port, path) == 200:
                 return
         await trio.sleep(0.05)
@@ -451,6 +453,7 @@ async def _run(
     backends: list[Child] = []
     proxy: Child | None = None
     code = 0
+    keep_run_dir = False  # a failed start keeps its logs
     try:
         shards, config_path, version = await trio.to_thread.run_sync(
             _prepare, options, haproxy, run_dir
@@ -479,15 +482,31 @@ async def _run(
                 nursery.start_soon(_report_exit, child)
             code = await _watch_proxy(proxy)
             nursery.cancel_scope.cancel()
-    except trio.TooSlowError:
-        raise ClusterError(f"not serving after {STARTUP_TIMEOUT:g} s; logs in {run_dir}") from None
+    except BaseExceptionGroup as group:
+        error = _unwrap(group)
+        keep_run_dir = isinstance(error, (trio.TooSlowError, ClusterError))
+        if isinstance(error, trio.TooSlowError):
+            raise ClusterError(
+                f"not serving after {STARTUP_TIMEOUT:g} s; logs kept in {run_dir}"
+            ) from None
+        if isinstance(error, ClusterError):
+            raise error from None
+        raise
     finally:
         with trio.CancelScope(shield=True):
             await _stop(proxy, backends)
-        if options.run_dir is None:
+        if options.run_dir is None and not keep_run_dir:
             await trio.to_thread.run_sync(partial(shutil.rmtree, run_dir, ignore_errors=True))
     logger.info("cluster stopped")
     return code
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The single exception inside (nested) one-member groups, else the group itself."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
 
 
 def _announce(
