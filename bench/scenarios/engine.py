@@ -41,6 +41,7 @@ from .common import C_AUX, C_LOST, C_UNITS
 STAMP = struct.Struct("<4sIIIq")
 MAGIC = b"TRKL"
 _RECV = 64 * 1024
+_MAX_IDLE = 4.0
 _CONNECT_CONCURRENCY = 32
 
 
@@ -109,13 +110,40 @@ def _discard(_: memoryview) -> None:
     pass
 
 
+def take_idle(pool: list[SyncConn]) -> SyncConn | None:
+    """The most recently idled reusable connection of ``pool`` (stale ones are closed)."""
+    while pool:
+        conn = pool.pop()
+        if conn.reusable():
+            return conn
+        conn.close()
+    return None
+
+
+def put_idle(pool: list[SyncConn], conn: SyncConn) -> None:
+    conn.idle_since = time.monotonic()
+    pool.append(conn)
+
+
 # -- connections and parsing, synchronous ----------------------------------------------------
 
 
 class SyncConn:
     """A non-blocking socket with an in-place receive buffer and a send backlog."""
 
-    __slots__ = ("buf", "closed", "end", "fd", "host", "out", "reader", "sock", "start", "view")
+    __slots__ = (
+        "buf",
+        "closed",
+        "end",
+        "fd",
+        "host",
+        "idle_since",
+        "out",
+        "reader",
+        "sock",
+        "start",
+        "view",
+    )
 
     def __init__(self, sock: socket.socket, host: bytes) -> None:
         self.sock = sock
@@ -128,6 +156,20 @@ class SyncConn:
         self.closed = False
         #: Called by the reactor when readable (None = not watched for reading).
         self.reader: Callable[[], None] | None = None
+        self.idle_since = time.monotonic()
+
+    def reusable(self) -> bool:
+        """Still fit to carry a request: not idle too long (servers close idle
+        keep-alive connections: hypercorn after 5 s), not closed by the server."""
+        if self.closed or time.monotonic() - self.idle_since > _MAX_IDLE:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # EOF, or bytes nobody asked for
 
     @classmethod
     async def open(cls, host: str, port: int) -> SyncConn:
@@ -387,7 +429,7 @@ class LivePublisher:
         """Connect, and preconnect ``POST /{ch}/0``."""
         self.conn = await self.engine.connect()
         self.conn.send(self._head(self.conn, 0), self.engine.reactor)
-        self.idle.append(await self.engine.connect())
+        put_idle(self.idle, await self.engine.connect())
 
     def fire(self) -> float | None:
         """Send the chunk that is due; the next due time, or None when finished."""
@@ -428,7 +470,7 @@ class LivePublisher:
         self.engine.publisher_done()
 
     def _preconnect(self, seq: int) -> None:
-        conn = self.idle.pop() if self.idle else None
+        conn = take_idle(self.idle)
         if conn is None:
             self.engine.spawn(self._connect_and_preconnect, seq)
             return
@@ -466,7 +508,7 @@ class LivePublisher:
             if body.feed(conn, _discard):
                 reactor.forget(conn)
                 if keep and not self.finished:
-                    self.idle.append(conn)
+                    put_idle(self.idle, conn)
                 else:
                     conn.close()
 
@@ -497,7 +539,7 @@ class LiveSubscriber:
         """Connect, send ``GET /{ch}/0`` (it waits for the first byte), keep a spare."""
         self.cur = await self.engine.connect()
         self._get(self.cur, 0)
-        self.idle.append(await self.engine.connect())
+        put_idle(self.idle, await self.engine.connect())
 
     def begin(self) -> None:
         assert self.cur is not None
@@ -540,7 +582,7 @@ class LiveSubscriber:
         self.body = None
         reactor.forget(conn)
         if self.keep:
-            self.idle.append(conn)
+            put_idle(self.idle, conn)
         else:
             conn.close()
         self.seq += 1
@@ -551,7 +593,7 @@ class LiveSubscriber:
             reactor.watch(self.cur, self.on_readable)
 
     def _request_next(self) -> None:
-        conn = self.idle.pop() if self.idle else None
+        conn = take_idle(self.idle)
         if conn is None:
             self.engine.spawn(self._connect_and_request, self.seq + 1)
             return
