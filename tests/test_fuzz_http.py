@@ -422,8 +422,6 @@ async def run_witness(app: CheckedApp, plan: WitnessPlan, tokens: bool) -> None:
     pub_auth = auth(PUBLISH_TOKEN if tokens else None)
     sub_auth = auth(SUBSCRIBE_TOKEN if tokens else None)
     segments = plan.segments()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(Exchange(app, "POST", f"/{WITNESS}", pub_auth).run)
     received: list[bytes] = []
 
     async def publisher() -> None:
@@ -509,28 +507,57 @@ def tasks_living() -> int:
     return trio.lowlevel.current_statistics().tasks_living
 
 
+#: Tight limits, so that 408, 413 and 429 answers are fuzzed too. The witness stays
+#: inside them: at most 12,000 bytes a segment, 2 POSTs and 1 GET at once, created
+#: before any fuzz request; with a short preconnect timeout it writes quickly (no
+#: preconnect of its own idles for more than 4 x 0.1 s).
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], WitnessPlan]:
+    plan = draw(witness_plans)
+    if not draw(st.booleans()):
+        return {}, plan
+    timeout = draw(st.sampled_from([1.0, 10.0]))
+    if timeout < 4 * plan.gap:
+        plan = WitnessPlan(plan.sizes, gap=0.1, seed=plan.seed)
+    limits = {
+        "preconnect_timeout": timeout,
+        "max_segment_bytes": draw(st.sampled_from([16_384, 40_000])),
+        "max_publishers_per_channel": 3,
+        "max_subscribers_per_channel": 2,
+        "max_channels": 6,
+    }
+    return limits, plan
+
+
 @pytest.mark.timeout(0 if LONG_RUN else 900)  # a failure is shrunk: that can take minutes
 @example_settings()
 @given(
     requests=st.lists(fuzz_requests(), min_size=2, max_size=14),
-    plan=witness_plans,
+    scenario=scenarios(),
     tokens=st.sampled_from([False, False, True]),
 )
 async def test_http_fuzz(
     autojump_clock: trio.testing.MockClock,
     requests: list[FuzzRequest],
-    plan: WitnessPlan,
+    scenario: tuple[dict[str, Any], WitnessPlan],
     tokens: bool,
 ) -> None:
-    extra: dict[str, Any] = {}
+    limits, plan = scenario
+    options: dict[str, Any] = {"autocreate": True, **limits}
     if tokens:
-        extra = {"publish_token": PUBLISH_TOKEN, "subscribe_token": SUBSCRIBE_TOKEN}
+        options.update(publish_token=PUBLISH_TOKEN, subscribe_token=SUBSCRIBE_TOKEN)
+    settings = Settings(**options)
     async with trio.open_nursery() as nursery:
-        registry = ChannelRegistry(nursery)
+        registry = ChannelRegistry.from_settings(nursery, settings)
         baseline = tasks_living()
         for name in FUZZ_CHANNELS[:2]:  # so that reads find something ("c" starts absent)
             registry.create(name, "video/mp2t")
-        app = CheckedApp(create_app(Settings(autocreate=True, **extra), registry))
+        app = CheckedApp(create_app(settings, registry))
+        async with trio.open_nursery() as create:
+            witness = Exchange(app, "POST", f"/{WITNESS}", auth(PUBLISH_TOKEN if tokens else None))
+            await create.start(witness.run)
+            await witness.end_body()
+            assert (await witness.read_response()).status == 200
         with trio.fail_after(EXAMPLE_LIMIT):
             async with trio.open_nursery() as clients:
                 clients.start_soon(run_witness, app, plan, tokens)
