@@ -381,7 +381,10 @@ async def test_losing_one_shard_affects_only_its_channels(cluster: Cluster) -> N
             with trio.fail_after(5):
                 reply = await conn.response()
             assert (reply.status, reply.body) == (502, b"Shard failed\n")
-        # ...and its channels a 503 until it is back (after HAProxy's retries).
+        # ...and once its listening socket is gone too (a moment later: until then a
+        # connection may still be accepted, then reset: 502), its channels get a 503
+        # until it is back (after HAProxy's retries).
+        await until(lambda: gone(victim.pid))
         reply = await request(cluster.url, "GET", "/alpha/next")
         assert (reply.status, reply.body) == (503, b"Shard unavailable\n")
         assert (await call(cluster.url, "GET", "/_shard/b2/healthz")).status == 503
