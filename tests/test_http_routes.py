@@ -90,6 +90,28 @@ async def test_delete_seq(trickle_app: Any) -> None:
     assert (bad.status, bad.body) == (400, b"Invalid idx\n")
 
 
+async def test_delete_of_an_empty_seq_moves_next_before_readers_wake(trickle_app: Any) -> None:
+    await publish(trickle_app, "cam", 0, b"x")
+    async with (
+        open_exchange(trickle_app, "GET", "/cam/1") as first,
+        open_exchange(trickle_app, "POST", "/cam/1") as preconnect,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await request(trickle_app, "DELETE", "/cam/1")).status == 200
+        seen = await first.read_response()
+        released = await preconnect.read_response()
+    assert (seen.body, seen.headers["lp-trickle-latest"]) == (b"", "2")
+    assert released.headers["lp-trickle-seq"] == "1"
+    # Without a preconnect too: a reader looping on -1 moves on, it never spins.
+    async with open_exchange(trickle_app, "GET", "/cam/-1") as waiting:
+        await trio.testing.wait_all_tasks_blocked()
+        await request(trickle_app, "DELETE", "/cam/2")
+        assert (await waiting.read_response()).headers["lp-trickle-latest"] == "3"
+    async with open_exchange(trickle_app, "GET", "/cam/-1") as next_one:
+        await trio.testing.wait_all_tasks_blocked()
+        assert next_one.response is None  # waiting on seq 3, not handed seq 2 again
+
+
 async def test_delete_seq_minus_n_closes_the_open_segment(trickle_app: Any) -> None:
     await publish(trickle_app, "cam", 0, b"x")
     async with (

@@ -353,6 +353,19 @@ class Channel:
         """The segment a ``DELETE /{ch}/{seq}`` means (``-N`` resolved), if present."""
         return self.window.get(wire.resolve_read_seq(seq, self.next_write))
 
+    def drop_segment(self, segment: Segment) -> None:  # sync on purpose
+        """``DELETE /{ch}/{seq}``: a publisher drops the segment; close it.
+
+        A dropped segment with no bytes at or past the live edge is an empty segment,
+        so, as for a zero-byte POST, ``next_write`` moves past it *before* its readers
+        wake: they see the fresh ``Lp-Trickle-Latest`` and a reader looping on ``-1``
+        is never handed the same empty segment again.
+        """
+        if not segment.closed and segment.size == 0 and segment.seq >= self.next_write:
+            self.next_write = segment.seq + 1
+            self.write_time = trio.current_time()
+        segment.close()
+
     def note_first_byte(self, seq: int) -> None:
         """The first byte of segment ``seq`` arrived: it is the live edge now (even if
         that moves ``next_write`` backwards: a restarted publisher wins)."""

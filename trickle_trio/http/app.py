@@ -175,8 +175,8 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         segment = channel.segment_in_window(number)
         if segment is None:
             return _error(400, wire.NONEXISTENT_SEGMENT)
-        logger.info("segment closed by DELETE channel=%s seq=%d", name, segment.seq)
-        segment.close()
+        logger.info("segment dropped channel=%s seq=%d", name, segment.seq)
+        channel.drop_segment(segment)
         return _plain(200)
 
     @app.get(f"{base}<name>/next")
