@@ -67,6 +67,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="before each run wait up to S seconds for other processes to go quiet "
         "(< 0.25 busy cores): useful on a shared machine (default 0: don't wait)",
     )
+    group.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="niceness of the servers started here and of the load generator, e.g. -10 "
+        "to favour them over other jobs on a shared machine (negative needs root)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--segment-seconds", type=float, default=1.0, help="segment length (1.0)")
     live.add_argument("--interval-ms", type=float, default=20.0, help="write interval (20)")
     live.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
+    live.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds at the start whose chunks count for delivery but not latency (1)",
+    )
     live.add_argument(
         "--find-max",
         action="store_true",
@@ -179,6 +193,7 @@ def _live(args: argparse.Namespace, channels: int) -> LiveConfig:
         segment_s=args.segment_seconds,
         interval=args.interval_ms / 1000,
         duration=args.duration,
+        warmup=args.warmup,
     )
 
 
@@ -227,6 +242,7 @@ async def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         progress=Progress(not args.quiet),
         server_logs=logs,
         wait_idle=args.wait_idle,
+        priority=args.priority,
     ) as runner:
         for name, scenario_args, configs in work:
             if name == "live" and getattr(scenario_args, "find_max", False):

@@ -66,12 +66,14 @@ class ChunkSink:
     stamp at its start says where it came from and when it was written.
     """
 
-    __slots__ = ("buf", "channel", "corrupt", "count", "latencies", "seq", "size")
+    __slots__ = ("buf", "channel", "corrupt", "count", "latencies", "seq", "since_ns", "size")
 
     def __init__(self, channel: int, size: int, latencies: list[float]) -> None:
         self.channel = channel
         self.size = size
         self.latencies = latencies
+        #: Chunks written before this (monotonic ns) count, but their latency is not kept.
+        self.since_ns = 0
         self.buf = bytearray()
         self.seq = 0
         self.count = 0
@@ -103,7 +105,8 @@ class ChunkSink:
             self.corrupt += 1
             return
         self.count += 1
-        self.latencies.append((now - t_ns) / 1e6)
+        if t_ns >= self.since_ns:
+            self.latencies.append((now - t_ns) / 1e6)
 
 
 def _discard(_: memoryview) -> None:
@@ -429,6 +432,10 @@ class LivePublisher:
         """Connect, and preconnect ``POST /{ch}/0``."""
         self.conn = await self.engine.connect()
         self.conn.send(self._head(self.conn, 0), self.engine.reactor)
+
+    async def add_spare(self) -> None:
+        """One more connection for the next preconnect (opened last: servers close
+        connections that stay idle, hypercorn after 5 s)."""
         put_idle(self.idle, await self.engine.connect())
 
     def fire(self) -> float | None:
@@ -436,6 +443,7 @@ class LivePublisher:
         engine, state = self.engine, self.state
         conn = self.conn
         if conn is None:  # the next segment's connection is still being made
+            engine.stalls += 1
             return time.monotonic() + 0.001
         now = time.monotonic_ns()
         engine.lags.append(now / 1e6 - self.due * 1e3)
@@ -536,9 +544,12 @@ class LiveSubscriber:
         conn.send(request_head(conn.host, "GET", path), self.engine.reactor)
 
     async def set_up(self) -> None:
-        """Connect, send ``GET /{ch}/0`` (it waits for the first byte), keep a spare."""
+        """Connect and send ``GET /{ch}/0`` (it waits for the first byte)."""
         self.cur = await self.engine.connect()
         self._get(self.cur, 0)
+
+    async def add_spare(self) -> None:
+        """One more connection for the next preconnect (see LivePublisher.add_spare)."""
         put_idle(self.idle, await self.engine.connect())
 
     def begin(self) -> None:
@@ -642,6 +653,10 @@ class Engine:
         self.subscribers: list[LiveSubscriber] = []
         self.sinks: list[ChunkSink] = []
         self.end = 0.0
+        #: Connections opened, and publisher waits for one (diagnostics).
+        self.connects = 0
+        self.stalls = 0
+        self.setup_s = 0.0
         self._open: list[SyncConn] = []
         self._limiter = trio.CapacityLimiter(_CONNECT_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
@@ -652,6 +667,7 @@ class Engine:
         return f"{self.base_path}{channel}/{seq}"
 
     async def connect(self) -> SyncConn:
+        self.connects += 1
         async with self._limiter:
             conn = await SyncConn.open(self.host, self.port)
         self._open.append(conn)
@@ -676,12 +692,21 @@ class Engine:
 
     async def set_up(self) -> None:
         """Open every connection and send the first requests (before "go")."""
+        began = time.monotonic()
         async with trio.open_nursery() as nursery:
             for sub in self.subscribers:
                 nursery.start_soon(sub.set_up)
             for pub in self.publishers:
                 nursery.start_soon(pub.set_up)
+        # Spares last, so that they are as fresh as possible at "go".
+        async with trio.open_nursery() as nursery:
+            for owner in self._owners():
+                nursery.start_soon(owner.add_spare)
         self._pending = len(self.publishers) + len(self.subscribers)
+        self.setup_s = time.monotonic() - began
+
+    def _owners(self) -> list[LivePublisher | LiveSubscriber]:
+        return [*self.subscribers, *self.publishers]
 
     def publisher_done(self) -> None:
         self._done_one()
@@ -702,10 +727,14 @@ class Engine:
             if sub.cur is conn:
                 sub._finish()
 
-    async def run(self, start: float, end: float, grace: float) -> None:
+    async def run(self, start: float, end: float, grace: float, warmup: float = 0.0) -> None:
         """Publish from the publishers' start times until ``end``; return when every
-        subscriber has everything, or at ``end + grace``."""
+        subscriber has everything, or at ``end + grace``. Latencies of chunks written in
+        the first ``warmup`` seconds are not kept."""
         self.end = end
+        since_ns = int((start + warmup) * 1e9)
+        for sink in self.sinks:
+            sink.since_ns = since_ns
         offset = trio.current_time() - time.monotonic()
         try:
             with trio.move_on_at(end + grace + offset):
@@ -713,6 +742,14 @@ class Engine:
                     self._nursery = nursery
                     for sub in self.subscribers:
                         sub.begin()
+                    for owner in self._owners():
+                        # A spare that went stale while other workers set up: replace it
+                        # now, long before the first segment ends and needs it.
+                        spare = take_idle(owner.idle)
+                        if spare is None:
+                            self.spawn(owner.add_spare)
+                        else:
+                            put_idle(owner.idle, spare)
                     nursery.start_soon(self.reactor.run)
                     nursery.start_soon(self._pace, offset)
                     await self._all_done.wait()
@@ -756,4 +793,7 @@ class Engine:
             "received": sum(s.count for s in self.sinks),
             "corrupt": sum(s.corrupt for s in self.sinks),
             "errors": self.errors[:20],
+            "connects": self.connects,
+            "stalls": self.stalls,
+            "setup_s": self.setup_s,
         }

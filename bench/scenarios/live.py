@@ -46,6 +46,9 @@ class LiveConfig:
     duration: float = 10.0
     #: After the publishers stop, how long subscribers may take to catch up.
     grace: float = 2.0
+    #: Chunks written in the first seconds (every channel starting at once) count for
+    #: ``delivered`` but not for the latency figures.
+    warmup: float = 1.0
     mime: str = "video/mp2t"
 
     @property
@@ -115,6 +118,9 @@ def summarize(config: LiveConfig, results: list[dict[str, Any]]) -> Outcome:
         "chunks_written": written,
         "lag_p99_ms": percentile(lags, 99),
         "offered_mbit_s": written * config.chunk_bytes * 8 / config.duration / 1e6,
+        "connects": sum(r.get("connects", 0) for r in results),
+        "publisher_stalls": sum(r.get("stalls", 0) for r in results),
+        "setup_s": max(r.get("setup_s", 0.0) for r in results),
     }
     notes = errors[:5]
     checks = {"lost": max(0, expected - received), "corrupt": corrupt, "errors": len(errors)}
@@ -155,7 +161,8 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
         for pub in engine.publishers:
             pub.start += t0
             pub.due = pub.start
-        await ctl.run_until_stopped(partial(engine.run, t0, t0 + config.duration, config.grace))
+        run = partial(engine.run, t0, t0 + config.duration, config.grace, config.warmup)
+        await ctl.run_until_stopped(run)
     except Exception as exc:
         ctl.counters[C_ERRORS] += 1
         engine.errors.append(describe(exc))
