@@ -29,6 +29,8 @@ see how many requests were tried.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 from collections import Counter
@@ -130,6 +132,9 @@ class FuzzRequest:
     start_at: float
     gap: float
     patience: float
+    #: The client reads only when it wants to: every message the app sends waits for
+    #: it (a subscriber that stops reading); otherwise sends never block.
+    stalls: bool
 
 
 FUZZ_CHANNELS = ["a", "b", "c"]
@@ -332,13 +337,20 @@ def fuzz_requests(draw: st.DrawFn) -> FuzzRequest:
         start_at=draw(quarter_seconds),
         gap=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 2.0])),
         patience=draw(st.sampled_from([0.5, 2.0, 5.0, 15.0])),
+        stalls=draw(st.booleans()),
     )
 
 
 async def run_fuzz_request(app: CheckedApp, request: FuzzRequest) -> None:
     """One client: send, read as much as it wants, leave; the app must then finish."""
     await trio.sleep(request.start_at)
-    exchange = Exchange(app, request.method, request.path, request.headers)
+    exchange = Exchange(
+        app,
+        request.method,
+        request.path,
+        request.headers,
+        response_buffer=0 if request.stalls else math.inf,
+    )
     disconnected = False
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
@@ -360,6 +372,8 @@ async def run_fuzz_request(app: CheckedApp, request: FuzzRequest) -> None:
             # The client leaves (or, after a complete response, hypercorn closes the
             # stream): either way the app hears http.disconnect.
             await exchange.disconnect()
+        # Sending to a client that is gone never blocks (hypercorn drops it).
+        nursery.start_soon(drain, exchange)
         with trio.fail_after(HANG_LIMIT):
             await exchange.finished.wait()
     if answered:
@@ -368,6 +382,12 @@ async def run_fuzz_request(app: CheckedApp, request: FuzzRequest) -> None:
     TRIED["answered" if answered else "left early"] += 1
     if seen.status is not None:
         TRIED[f"status {seen.status}"] += 1
+
+
+async def drain(exchange: Exchange) -> None:
+    with contextlib.suppress(EOFError):
+        while await exchange.read_chunk() is not None:
+            pass
 
 
 async def read_some(exchange: Exchange, how: str) -> bool:
