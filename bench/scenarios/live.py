@@ -161,7 +161,8 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
         for pub in engine.publishers:
             pub.start += t0
             pub.due = pub.start
-        run = partial(engine.run, t0, t0 + config.duration, config.grace, config.warmup)
+        warmup = min(config.warmup, config.duration / 2)  # a short run keeps half its samples
+        run = partial(engine.run, t0, t0 + config.duration, config.grace, warmup)
         await ctl.run_until_stopped(run)
     except Exception as exc:
         ctl.counters[C_ERRORS] += 1
