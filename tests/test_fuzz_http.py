@@ -58,7 +58,7 @@ HANG_LIMIT = 30.0
 EXAMPLE_LIMIT = 600.0
 
 LONG_RUN = int(os.environ.get("TRICKLE_FUZZ_EXAMPLES", "0"))
-FUZZ_EXAMPLES = LONG_RUN or 500
+FUZZ_EXAMPLES = LONG_RUN or 400
 
 #: What the fuzz tried, for the report at the end of a long run (pytest -s).
 TRIED: Counter[str] = Counter()
