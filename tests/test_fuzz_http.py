@@ -8,11 +8,15 @@ batch of fuzz requests started at random (virtual) times: random methods, paths,
 forms (huge, negative, non-numeric, unicode, empty), headers (odd ``Lp-Trickle-Reset``,
 missing or odd ``Content-Type``/``Expect-Content``, bearer tokens), bodies cut at
 random chunk boundaries, clients that leave mid-body, after the status line, after one
-chunk, or that never end their body (a preconnect, let go after a while).
+chunk, that stop reading (every send waits for them), or that never end their body (a
+preconnect, let go after a while). Half the examples run with tight limits (preconnect
+timeout, segment bytes, publishers and subscribers per channel, channels), a third with
+bearer tokens.
 
 Checked, for every example:
 - no response is 5xx, and every response the app starts is one h11 would send
-  (status, header names and values), with no message after the last;
+  (status, header names and values, a body as long as its Content-Length), with no
+  message after the last;
 - no exception escapes the app (``Exchange.run`` re-raises into the test's nursery);
 - a client that stays gets a complete response; a client that leaves sees its request
   finish within a bounded (virtual) time: nothing waits on a client that is gone;
@@ -73,6 +77,8 @@ class Seen:
 
     status: int | None = None
     ended: bool = False
+    declared_length: int | None = None
+    body_length: int = 0
     violations: list[str] = field(default_factory=list)
 
 
@@ -97,15 +103,27 @@ class CheckedApp:
                     seen.violations.append("a second http.response.start")
                 seen.status = message["status"]
                 try:
-                    h11.Response(status_code=message["status"], headers=message["headers"])
+                    response = h11.Response(
+                        status_code=message["status"], headers=message["headers"]
+                    )
                 except (h11.LocalProtocolError, TypeError, ValueError) as exc:
                     seen.violations.append(f"h11 would refuse the response: {exc}")
+                else:
+                    for name, value in response.headers:
+                        if name == b"content-length" and scope["method"] != "HEAD":
+                            seen.declared_length = int(value)
             elif kind == "http.response.body":
                 if seen.status is None:
                     seen.violations.append("body before http.response.start")
-                if not isinstance(message.get("body", b""), bytes):
+                body = message.get("body", b"")
+                if not isinstance(body, bytes):
                     seen.violations.append("body is not bytes")
+                seen.body_length += len(body)
                 seen.ended = not message.get("more_body", False)
+                if seen.ended and seen.declared_length not in (None, seen.body_length):
+                    seen.violations.append(
+                        f"Content-Length {seen.declared_length}, body {seen.body_length}"
+                    )
             else:
                 seen.violations.append(f"unknown message {kind!r}")
             await send(message)
