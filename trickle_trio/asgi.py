@@ -18,6 +18,7 @@ from .config import load_settings
 from .http.app import create_app
 from .lifecycle import install_signal_drain
 from .logs import configure_logging
+from .server import tune_gc
 
 _settings, _sources = load_settings()
 configure_logging(_settings)
@@ -26,3 +27,5 @@ for _line in _settings.describe(_sources):
 
 app = create_app(_settings)
 install_signal_drain(app)
+if _settings.gc_tuning:
+    tune_gc()

@@ -71,6 +71,10 @@ class Settings:
     #: ``text`` (key=value lines) or ``json`` (one JSON object per line).
     log_format: str = "text"
 
+    #: Keep garbage-collector pauses off the live path: freeze everything allocated at
+    #: start-up (never scanned again) and collect the young generation less often.
+    gc_tuning: bool = True
+
     # -- limits: each answered with a clear 4xx and a log line --------------------------
     #: Bytes per segment; a publisher over it gets 413 and the segment is closed at the
     #: limit. Memory stays below window (5) x this x max_channels (plus one segment per

@@ -9,6 +9,7 @@ preconnects are released; only then is hypercorn told to stop, and its
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,6 +55,20 @@ async def wait_for_signal() -> None:
         async for signum in signals:
             logger.info("shutdown signal=%s", signal.Signals(signum).name)
             return
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper collections: the long-lived start-up objects (modules, the app,
+    settings) go to the permanent generation so that full collections don't walk them,
+    and the young generation is collected after 20,000 allocations instead of 700.
+
+    The data path allocates small, short-lived objects (ASGI messages, events) at a high
+    rate; with the defaults that meant frequent gen-2 sweeps over every module object
+    and pauses of tens of milliseconds on the live path.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 @dataclass
@@ -132,6 +147,8 @@ async def run_server(
     serves until cancelled.
     """
     async with open_server(settings) as server:
+        if settings.gc_tuning:
+            tune_gc()
         task_status.started(server)
         if shutdown_trigger is None:
             await trio.sleep_forever()
