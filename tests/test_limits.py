@@ -234,3 +234,33 @@ async def test_teardown_overrun_never_cuts_a_status_line_in_half(
         response = await stuck.read_response()
     assert (response.status, response.headers["lp-trickle-seq"]) == (200, "0")
     assert response.complete
+
+
+async def test_a_client_leaving_mid_answer_is_not_a_server_error(
+    trickle_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn 0.18 half-closes a socket the client left without its send lock, so the
+    handler's last send can raise BusyResourceError: nobody is left to answer."""
+    await request(trickle_app, "POST", "/cam")
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            raise trio.BusyResourceError("another task is currently sending data")
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/cam/0",
+        "headers": [],
+        "query_string": b"",
+        "root_path": "",
+    }
+    caplog.set_level(logging.DEBUG, logger="trickle_trio")
+    await trickle_app(scope, receive, send)  # returns: no exception escapes
+    assert sent == ["http.response.start", "http.response.body"]
+    assert "client left while being answered path=/cam/0" in caplog.messages

@@ -6,7 +6,8 @@ Every HTTP request passes here first:
 2. A path longer than ``max_url_length`` gets 414.
 3. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1)
    get 429.
-4. Bearer tokens, when configured: GET/HEAD of trickle routes need the subscribe or the
+4. A client that leaves while it is being answered is not an error (see ``__call__``).
+5. Bearer tokens, when configured: GET/HEAD of trickle routes need the subscribe or the
    publish token; every other method, and ``/_status``, the publish token. ``/metrics``
    holds no channel names and stays open. Tokens are compared in constant time; a 401
    says nothing about channels.
@@ -18,6 +19,7 @@ import hmac
 import logging
 from typing import Any
 
+import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from .responses import send_error
@@ -65,6 +67,11 @@ class Guard:
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
+        except* trio.BusyResourceError:
+            # The client left while being answered: hypercorn 0.18's TCPServer._close
+            # half-closes the socket without taking its send lock, so our last send can
+            # collide with it. Nobody is left to answer; that is not a server error.
+            logger.debug("client left while being answered path=%s", path)
         finally:
             self.in_flight -= 1
 
