@@ -132,7 +132,7 @@ def markdown(records: list[RunRecord], find_max: list[dict[str, Any]] | None = N
     for scenario, recs in by_scenario.items():
         _, columns = SCENARIOS[scenario]
         header = ["config", "server", *(h for _, h, _ in columns)]
-        header += ["checks", "server CPU", "server peak RSS", "generator CPU", "other CPU"]
+        header += ["checks", "server CPU", "server peak MiB", "generator CPU", "other CPU"]
         lines.append(f"### {scenario}\n")
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
@@ -147,7 +147,7 @@ def markdown(records: list[RunRecord], find_max: list[dict[str, Any]] | None = N
             servers = [r.usage.server for r in good if r.usage is not None and r.usage.server]
             row.append(_fold([s.busy for s in servers], "{:.2f}"))
             row.append(
-                _fold([(s.peak_rss or math.nan) / 2**20 for s in servers], "{:.0f} MiB")
+                _fold([(s.peak_rss or math.nan) / 2**20 for s in servers], "{:.0f}")
                 if servers
                 else "-"
             )
