@@ -182,9 +182,17 @@ class Runner:
             record.outcome, record.usage = outcome, usage
             record.warning = usage.bottleneck_warning()
             lag = outcome.metrics.get("lag_p99_ms", 0.0)
-            if lag > 10:
+            stalled = outcome.metrics.get("publisher_stalls", 0) / 1000  # ~1 ms each
+            if lag > 10 and stalled < 1:
                 lagging = f"publishers {lag:.0f} ms (p99) behind their schedule"
                 record.warning = f"{record.warning}; {lagging}" if record.warning else lagging
+            elif lag > 10:
+                # Not the generator: the server answered POSTs or accepted connections
+                # too slowly for the next preconnect; the offered load fell short.
+                outcome.notes.append(
+                    f"publishers fell {lag:.0f} ms (p99) behind, waiting {stalled:.0f} s in "
+                    "all for connections to the server: it is past its capacity"
+                )
             channels = getattr(config, "channels", None)
             server = usage.server
             if channels and server and server.peak_rss and server.rss_before:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
 import gc
 import json
 import os
@@ -93,16 +94,25 @@ async def serve_child(interval: float) -> None:
         server = await nursery.start(partial(run_server, settings))
         registry = server.registry
 
-        def sample() -> None:
+        def sample(*, full: bool = False) -> None:
             stats = trio.lowlevel.current_statistics()
-            line = {
+            line: dict[str, Any] = {
                 "t": time.monotonic(),
                 "rss_kib": rss_kib(),
                 "tasks": stats.tasks_living,
                 "task_names": sorted(task_names()),
                 "py_objects": len(gc.get_objects()),
+                "types": dict(
+                    Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(12)
+                ),
+                "deadline_heap": deadline_heap_size(),
+                "rss_trimmed_kib": None,
                 **registry.gauges(),
             }
+            if full:
+                # How much of the RSS is only free heap that malloc has not handed back to
+                # the kernel yet.
+                line["rss_trimmed_kib"] = trimmed_rss_kib()
             print(json.dumps(line), flush=True)
 
         async def periodic(*, task_status: trio.TaskStatus[None]) -> None:
@@ -120,14 +130,36 @@ async def serve_child(interval: float) -> None:
                 while b"\n" in buffer:
                     _, buffer = buffer.split(b"\n", 1)
                     gc.collect()
-                    sample()
+                    sample(full=True)
             nursery.cancel_scope.cancel()  # the parent went away
 
         await nursery.start(on_request)
         await nursery.start(periodic)
         # The first sample (the idle baseline) counts the sampler's own two tasks.
         print(json.dumps({"url": server.url}), flush=True)
-        sample()
+        gc.collect()
+        sample(full=True)
+
+
+def deadline_heap_size() -> int | None:
+    """Entries in trio's deadline heap (private; diagnostic only). Trio drops stale
+    entries lazily, once there are 1000 more than twice the live ones, so a few hundred
+    finished ``move_on_after`` scopes stay referenced from there: bounded, not a leak."""
+    try:
+        runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner
+        return len(runner.deadlines._heap)
+    except AttributeError:
+        return None
+
+
+def trimmed_rss_kib() -> int | None:
+    """RSS after glibc's ``malloc_trim(0)`` (None where there is no glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_kib()
 
 
 def task_names() -> list[str]:
@@ -375,6 +407,9 @@ class Sample:
     preconnects: int
     segments: int
     reads: int
+    types: dict[str, int]
+    rss_trimmed_kib: int | None
+    deadline_heap: int | None
     note: str = ""
 
 
@@ -404,9 +439,16 @@ async def soak(args: argparse.Namespace, command: list[str], cwd: str, server_lo
             preconnects=raw["preconnects_idle"],
             segments=totals.segments,
             reads=totals.reads,
+            types=raw["types"],
+            rss_trimmed_kib=raw["rss_trimmed_kib"],
+            deadline_heap=raw.get("deadline_heap"),
             note=note,
         )
         samples.append(sample)
+        if args.types_log:
+            with open(args.types_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"elapsed": round(sample.elapsed), "types": sample.types}))
+                f.write("\n")
         print(
             f"[{sample.elapsed:7.1f}s] rss={sample.rss_kib / 1024:.1f}MiB tasks={sample.tasks} "
             f"channels={sample.channels} segments={sample.segments} reads={sample.reads} "
@@ -454,6 +496,16 @@ async def soak(args: argparse.Namespace, command: list[str], cwd: str, server_lo
     extra = Counter(final.task_names) - Counter(idle.task_names)
     if extra:
         print(f"tasks left beyond the idle ones: {dict(extra)}")
+    grown = Counter(final.types)
+    grown.subtract(idle.types)
+    print(f"objects by type, after minus before (top 12 of each): {dict(+grown)}")
+    print(f"trio deadline heap entries: {idle.deadline_heap} before, {final.deadline_heap} after")
+    for sample in (idle, final):
+        if sample.rss_trimmed_kib is not None:
+            print(
+                f"{sample.note}: RSS {sample.rss_kib / 1024:.1f} MiB, "
+                f"{sample.rss_trimmed_kib / 1024:.1f} MiB after malloc_trim(0)"
+            )
     clean = totals.wrong_bytes == 0 and final.channels == 0 and final.tasks <= idle.tasks
     return 0 if clean else 1
 
@@ -533,6 +585,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--csv", help="also write the samples here")
     parser.add_argument("--server-log", default=os.devnull, help="the server child's stderr")
+    parser.add_argument("--types-log", help="append each sample's top object types (JSON lines)")
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server:
