@@ -2,8 +2,9 @@
 
 Layout: ``cli`` (arguments, output) -> ``runner`` (targets x configs x reps, find-max) ->
 ``workers`` (spawned load-generator processes) -> ``scenarios/`` (what each process
-does) -> ``client`` (a minimal HTTP/1.1 client on raw trio sockets). ``servers`` starts
-or finds the servers under test, ``procstat`` reads their CPU and memory from /proc,
-``report`` writes the table, JSON and plots; ``baseline_relay`` is the bare relay the
-figures can be compared with. See README.md.
+does; ``scenarios/engine`` drives live channels) -> ``client`` (a minimal async HTTP/1.1
+client on raw trio sockets) and ``reactor`` (its synchronous many-socket counterpart).
+``servers`` starts or finds the servers under test, ``procstat`` reads their CPU and
+memory from /proc, ``report`` writes the table, JSON and plots; ``baseline_relay`` is
+the bare relay the figures can be compared with. See README.md.
 """
