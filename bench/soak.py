@@ -106,6 +106,7 @@ async def serve_child(interval: float) -> None:
                     Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(12)
                 ),
                 "deadline_heap": deadline_heap_size(),
+                "gc_runs": [generation["collections"] for generation in gc.get_stats()],
                 "rss_trimmed_kib": None,
                 **registry.gauges(),
             }
@@ -410,6 +411,7 @@ class Sample:
     types: dict[str, int]
     rss_trimmed_kib: int | None
     deadline_heap: int | None
+    gc_runs: list[int]
     note: str = ""
 
 
@@ -442,6 +444,7 @@ async def soak(args: argparse.Namespace, command: list[str], cwd: str, server_lo
             types=raw["types"],
             rss_trimmed_kib=raw["rss_trimmed_kib"],
             deadline_heap=raw.get("deadline_heap"),
+            gc_runs=raw["gc_runs"],
             note=note,
         )
         samples.append(sample)
@@ -537,6 +540,7 @@ def report(samples: list[Sample], totals: Totals, args: argparse.Namespace) -> N
         "idle preconnects",
         "segments published",
         "segments read",
+        "full GCs",
         "note",
     ]
     rows = [
@@ -551,6 +555,7 @@ def report(samples: list[Sample], totals: Totals, args: argparse.Namespace) -> N
             str(s.preconnects),
             str(s.segments),
             str(s.reads),
+            str(s.gc_runs[2]),
             s.note,
         ]
         for s in samples

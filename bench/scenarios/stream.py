@@ -362,10 +362,20 @@ async def _subscribe(ctl: Control) -> dict[str, Any]:
                 conn = following
             record.t_end = time.monotonic()
 
+        async def follow_or_fail(k: int) -> None:
+            try:
+                await follow(k)
+            except (HttpError, OSError) as exc:
+                # This subscriber is out; the others and the publisher go on without it
+                # (its missing segments count as lost).
+                counters[C_ERRORS] += 1
+                records[k].errors.append(describe(exc))
+                signal.finished(indices[k], 1 << 62)
+
         async def follow_all() -> None:
             async with trio.open_nursery() as nursery:
                 for k in range(len(indices)):
-                    nursery.start_soon(follow, k)
+                    nursery.start_soon(follow_or_fail, k)
 
         await ctl.run_until_stopped(follow_all)
     except Exception as exc:
