@@ -28,6 +28,19 @@ Rules it encodes (PROTOCOL.md, "Publish", "Subscribe", "Deliberate improvements"
 - DELETE of the channel: every segment closes (its readers end with what was written),
   then every open POST, idle or not, ends as channel-closed;
 - the sweep deletes channels idle for more than the timeout, except ``_`` names.
+
+Checked after every step: the channels, each ``next_write`` and write time; the window
+holds at most 5 segments, exactly the model's (same objects: a reused segment is the
+same one, a new one is new); every segment the test has seen holds exactly the model's
+bytes and is closed exactly when the model says (so nothing outside the window is
+open, and a closed segment never changed); every reader got exactly its segment's
+bytes and ended exactly when it closed; every publisher's outcome; the leases held;
+a read answered 470 (no segment) exactly when the model says so; a segment that left
+the window with nobody attached is referenced by nothing in the server; and a DELETE
+of a channel ends every subscriber before it lets any publisher go.
+
+Budget: 200 examples of 40 steps in CI, derandomized; ``TRICKLE_FUZZ_EXAMPLES=N`` for a
+long random run of N examples of 60 steps (``-s`` prints how many steps ran).
 """
 
 from __future__ import annotations
