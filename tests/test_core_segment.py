@@ -45,3 +45,20 @@ def test_request_error_is_4xx_only() -> None:
     assert RequestError(403, "no").status == 403
     with pytest.raises(ValueError, match="4xx"):
         RequestError(500, "no")
+
+
+def test_view_from_shares_one_join_between_readers_at_the_same_index() -> None:
+    segment = SegmentState(0)
+    assert segment.view_from(0) == b""
+    first = b"a" * 10
+    segment.append(first)
+    assert segment.view_from(0) is first  # a single chunk is handed out as it is
+    segment.append(b"b")
+    segment.append(b"c")
+    joined = segment.view_from(0)
+    assert joined == first + b"bc"
+    assert segment.view_from(0) is joined  # the next reader at 0 shares the join
+    assert segment.view_from(1) == b"bc"
+    segment.append(b"d")  # a new chunk: the old join no longer covers everything
+    assert segment.view_from(1) == b"bcd"
+    assert segment.view_from(4) == b""

@@ -102,6 +102,21 @@ class Segment(SegmentState):
         """Preconnected publishers waiting on this segment without having sent a byte."""
         return len(self._idle_writers)
 
+    async def wait_readable(self, index: int) -> bool:
+        """Wait until there are chunks from ``index`` on (True) or the segment ended
+        with none left there (False).
+
+        Cancellation: atomic; raises Cancelled and leaves the segment unchanged.
+        """
+        if index < len(self.chunks) or self.closed:
+            await trio.lowlevel.checkpoint()
+        while index >= len(self.chunks) and not self.closed:
+            changed = self._changed
+            if changed is None:
+                changed = self._changed = trio.Event()
+            await changed.wait()
+        return index < len(self.chunks)
+
     async def wait_chunks(self, index: int) -> list[bytes]:
         """The chunks from ``index`` on, waiting for at least one; ``[]`` = ended.
 

@@ -40,6 +40,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.include_server_header = False
     config.read_timeout = None  # would kill idle preconnects
     config.h11_max_incomplete_size = settings.max_header_bytes
+    # hypercorn's default listen backlog (100) drops connections arriving in bursts
+    # (hundreds of channels preconnecting at once); the kernel caps this at somaxconn.
+    config.backlog = 2048
     config.accesslog = settings.access_log
     # A Logger (not "-") makes hypercorn log through logging without its own handler.
     config.errorlog = logging.getLogger("hypercorn.error")

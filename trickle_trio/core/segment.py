@@ -16,13 +16,15 @@ from __future__ import annotations
 class SegmentState:
     """The bytes of segment ``seq`` and whether it has ended."""
 
-    __slots__ = ("chunks", "closed", "seq", "size")
+    __slots__ = ("_joined", "chunks", "closed", "seq", "size")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.chunks: list[bytes] = []
         self.size = 0
         self.closed = False
+        # (index, chunks[index:] joined) for the current chunk count; see view_from.
+        self._joined: tuple[int, bytes] | None = None
 
     def append(self, data: bytes) -> bool:
         """Append ``data``; False (and nothing changes) if the segment is closed."""
@@ -30,7 +32,28 @@ class SegmentState:
             return False
         self.chunks.append(data)
         self.size += len(data)
+        self._joined = None
         return True
+
+    def view_from(self, index: int) -> bytes:
+        """Everything from chunk ``index`` on, as one ``bytes`` (``b""`` if nothing).
+
+        A single chunk is handed out as it is. Several are joined once and the result is
+        shared by every reader that asks at the same index before the next append: the
+        readers of a fan-out are usually at the same place, so N subscribers cost one
+        copy instead of N.
+        """
+        count = len(self.chunks) - index
+        if count == 1:
+            return self.chunks[index]
+        if count <= 0:
+            return b""
+        joined = self._joined
+        if joined is not None and joined[0] == index:
+            return joined[1]
+        data = b"".join(self.chunks[index:])
+        self._joined = (index, data)
+        return data
 
     def close(self) -> bool:
         """Close the segment; False if it was already closed."""

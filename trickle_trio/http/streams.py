@@ -298,9 +298,9 @@ async def _stream_segment(
     started = False
     index = 0
     with scope:
-        while chunks := await segment.wait_chunks(index):
-            index += len(chunks)
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        while await segment.wait_readable(index):
+            data = segment.view_from(index)  # one join shared by readers at this index
+            index = len(segment.chunks)
             metrics.bytes_out += len(data)
             if not started:
                 metrics.time_to_first_byte.observe(trio.current_time() - arrived)
