@@ -77,9 +77,12 @@ def rss_kib() -> int:
     return -1
 
 
-async def serve_child(interval: float) -> None:
+async def serve_child(interval: float, gc_thresholds: str | None) -> None:
     """Run the server; print a sample every ``interval`` seconds, and after a full GC
-    for each line read from stdin (the parent's last sample). Stdin closed: stop."""
+    for each line read from stdin (the parent's last sample). Stdin closed: stop.
+
+    ``gc_thresholds`` ("700,10,10"): override the collector thresholds the server sets at
+    start-up (a diagnostic: is RSS growth garbage waiting for a rare full collection?)."""
     from trickle_trio.config import Settings
     from trickle_trio.server import run_server
 
@@ -93,6 +96,8 @@ async def serve_child(interval: float) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(run_server, settings))
         registry = server.registry
+        if gc_thresholds:
+            gc.set_threshold(*(int(part) for part in gc_thresholds.split(",")))
 
         def sample(*, full: bool = False) -> None:
             stats = trio.lowlevel.current_statistics()
@@ -560,7 +565,8 @@ def report(samples: list[Sample], totals: Totals, args: argparse.Namespace) -> N
         ]
         for s in samples
     ]
-    print(f"Soak: {args.duration:.0f} s, {args.lanes} lanes, seed {args.seed}\n")
+    gc_note = f", gc thresholds {args.gc_thresholds}" if args.gc_thresholds else ""
+    print(f"Soak: {args.duration:.0f} s, {args.lanes} lanes, seed {args.seed}{gc_note}\n")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
@@ -591,6 +597,10 @@ def main() -> int:
     parser.add_argument("--csv", help="also write the samples here")
     parser.add_argument("--server-log", default=os.devnull, help="the server child's stderr")
     parser.add_argument("--types-log", help="append each sample's top object types (JSON lines)")
+    parser.add_argument(
+        "--gc-thresholds",
+        help="diagnostic: gc.set_threshold(...) in the server after it started, e.g. 700,10,10",
+    )
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server:
@@ -598,10 +608,12 @@ def main() -> int:
 
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
-            trio.run(serve_child, args.interval)
+            trio.run(serve_child, args.interval, args.gc_thresholds)
         return 0
     here = os.path.abspath(__file__)
     command = [sys.executable, here, "--server", "--interval", str(args.interval)]
+    if args.gc_thresholds:
+        command += ["--gc-thresholds", args.gc_thresholds]
     with open(args.server_log, "wb") as server_log:
         return trio.run(soak, args, command, os.path.dirname(os.path.dirname(here)), server_log)
 
