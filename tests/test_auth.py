@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import trio
 
-from trickle_trio.channels import ChannelRegistry
 from trickle_trio.config import Settings, SettingsError
 from trickle_trio.http.app import create_app
+from trickle_trio.registry import ChannelRegistry
 
 from .helpers import request
 

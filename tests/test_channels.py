@@ -10,16 +10,10 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from trickle_trio.channels import (
-    Channel,
-    ChannelRegistry,
-    PublisherGone,
-    PublishOutcome,
-    Segment,
-    SegmentWriter,
-    TaskScopes,
-)
+from trickle_trio.channels import Channel, Segment, TaskScopes
 from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError
+from trickle_trio.publishing import PublisherGone, PublishOutcome, SegmentWriter
+from trickle_trio.registry import ChannelRegistry
 
 
 def chunk_source(*chunks: bytes | type[Exception] | None):  # type: ignore[no-untyped-def]

@@ -48,9 +48,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trickle_trio.channels import ChannelRegistry
 from trickle_trio.config import Settings
 from trickle_trio.http.app import create_app
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import Exchange
 
 WITNESS = "witness"

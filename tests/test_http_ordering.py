@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from trickle_trio import LocalPublisher
-from trickle_trio.channels import ChannelRegistry
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import open_exchange
 
 from .helpers import publish, request

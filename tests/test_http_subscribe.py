@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trickle_trio.channels import ChannelRegistry
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request

@@ -10,10 +10,10 @@ import trio
 import trio.testing
 
 from trickle_trio import LocalPublisher
-from trickle_trio.channels import ChannelRegistry
 from trickle_trio.config import Settings
 from trickle_trio.core.errors import LimitExceededError
 from trickle_trio.http.app import create_app
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request

@@ -10,12 +10,12 @@ import trio
 import trio.testing
 
 from trickle_trio import LocalPublisher, LocalSubscriber
-from trickle_trio.channels import ChannelRegistry
 from trickle_trio.core.errors import (
     ChannelClosedError,
     ChannelNotFoundError,
     SegmentNotFoundError,
 )
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import open_exchange
 
 from .helpers import fetch

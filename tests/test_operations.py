@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from trickle_trio.channels import ChannelRegistry
 from trickle_trio.config import Settings, SettingsError, load_settings
 from trickle_trio.http.app import create_app
 from trickle_trio.logs import JSONFormatter
+from trickle_trio.registry import ChannelRegistry
 from trickle_trio.server import RunningServer
 from trickle_trio.status import render, show_status
 from trickle_trio.testing import open_exchange

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .channels import Channel, ChannelRegistry
+from .channels import Channel
 from .config import Settings, SettingsError
 from .core.errors import (
     ChannelClosedError,
@@ -14,6 +14,7 @@ from .core.errors import (
 )
 from .http.app import create_app
 from .local import LocalPublisher, LocalSegment, LocalSubscriber
+from .registry import ChannelRegistry
 from .server import RunningServer, open_server, run_server
 
 __version__ = "0.1.0"

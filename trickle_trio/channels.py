@@ -1,51 +1,40 @@
-"""Channels on trio, without HTTP: Segment, TaskScopes, Channel, ChannelRegistry.
+"""Channels on trio, without HTTP: Segment, TaskScopes, Channel.
 
 Ownership:
-- ``ChannelRegistry`` owns a nursery (lent by ``run_server``, or by a test). Every
-  channel is a task in it (``Channel.run``) that lives until the channel is deleted.
+- ``registry.ChannelRegistry`` owns a nursery (lent by ``run_server``, or by a test).
+  Every channel is a task in it (``Channel.run``) that lives until it is deleted.
 - Request handlers live in hypercorn's nursery, not ours. A channel lends them cancel
   scopes (``TaskScopes.lease``): ``subscribers`` for GETs, ``publishers`` for POSTs.
-- DELETE cancels the channel as one unit, in a fixed order written once in
-  ``Channel.run``: subscribers are cancelled and drained (each has sent its terminal
-  response) before any publisher (an idle preconnect included) is released, and the
-  DELETE returns only when both groups are gone.
+- DELETE tears the channel down as one unit, in a fixed order written once in
+  ``Channel.run``: every subscriber finishes (with the bytes completed before the
+  DELETE, then its terminal response) before any publisher (an idle preconnect
+  included) is released, and the DELETE returns only when both groups are gone.
 
-Nothing here blocks while holding state: ``append``/``close``/``create`` are sync, so a
-decision and the state change it makes are never separated by a checkpoint.
+Nothing here blocks while holding state: ``append``/``close`` and the window decisions
+are sync, so a decision and the state change it makes are never separated by a
+checkpoint.
 
 Imports: trio, ``trickle_trio.core`` and ``trickle_trio.metrics`` (plain counters).
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import trio
 
-from .config import Settings
 from .core import wire
-from .core.errors import ChannelClosedError, ChannelNotFoundError, LimitExceededError
+from .core.errors import ChannelClosedError, LimitExceededError
 from .core.segment import SegmentState
 from .core.window import Window
 from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "Channel",
-    "ChannelRegistry",
-    "PublishOutcome",
-    "PublisherGone",
-    "ReadResult",
-    "Segment",
-    "SegmentWriter",
-    "TaskScopes",
-]
+__all__ = ["Channel", "ChannelLimits", "ReadResult", "Segment", "TaskScopes"]
 
 
 class Segment(SegmentState):
@@ -219,35 +208,6 @@ class TaskScopes:
         """
         self.cancel()
         await self.wait_drained()
-
-
-class PublishOutcome(enum.Enum):
-    """How a segment's publish ended."""
-
-    #: The body ended normally after at least one byte.
-    COMPLETE = "complete"
-    #: The body ended with zero bytes (an empty write, or a preconnect let go).
-    EMPTY = "empty"
-    #: The segment was closed from elsewhere before the first byte (DELETE of the seq,
-    #: eviction, reset): the idle preconnect is released.
-    RELEASED = "released"
-    #: The publisher's connection broke: the segment is closed with the bytes written.
-    ABORTED = "aborted"
-    #: The channel was deleted while the POST was open.
-    CHANNEL_CLOSED = "channel_closed"
-    #: The segment reached ``max_segment_bytes``: it is closed at the limit (413).
-    TOO_LARGE = "too_large"
-    #: A preconnect sent nothing for ``preconnect_timeout``: the POST is let go (408)
-    #: and the segment is left as it was (open, for a retry of the same seq).
-    TIMED_OUT = "timed_out"
-
-
-class PublisherGone(Exception):
-    """Raised by a chunk source when the publisher's connection broke mid-body."""
-
-
-class _TooLarge(Exception):
-    """Internal: the segment hit its byte limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,313 +409,6 @@ class Channel:
             len(self.subscribers),
             len(self.publishers),
         )
-
-
-class SegmentWriter:
-    """Writes one publish into a segment and keeps the channel's bookkeeping.
-
-    Shared by the HTTP POST handler and the in-process publisher so that both follow
-    exactly the same rules (first-byte advance, zero-byte advance, abort on a broken
-    connection).
-    """
-
-    __slots__ = ("bytes_written", "channel", "metrics", "segment", "started_at")
-
-    #: Raised by :meth:`write` when the segment hits ``max_segment_bytes``.
-    TooLarge = _TooLarge
-
-    def __init__(self, channel: Channel, segment: Segment) -> None:
-        self.channel = channel
-        self.segment = segment
-        self.metrics = channel.metrics
-        self.bytes_written = 0
-        self.started_at: float | None = None
-
-    @property
-    def seq(self) -> int:
-        return self.segment.seq
-
-    def write(self, data: bytes) -> None:  # sync on purpose
-        """Append a chunk; the first byte makes this seq the channel's live edge.
-
-        Bytes for a segment that was closed from elsewhere are discarded.
-        """
-        if self.bytes_written == 0:
-            self.started_at = trio.current_time()
-            if not self.segment.closed:
-                self.channel.note_first_byte(self.segment.seq)
-        room = self.channel.limits.max_segment_bytes - self.segment.size
-        if len(data) > room and not self.segment.closed:
-            data = data[: max(room, 0)]
-            self._append(data)
-            raise _TooLarge
-        self._append(data)
-
-    def _append(self, data: bytes) -> None:
-        self.bytes_written += len(data)
-        self.metrics.bytes_in += len(data)
-        self.segment.append(data)
-
-    async def pump(self, read_chunk: Callable[[], Awaitable[bytes | None]]) -> PublishOutcome:
-        """Copy chunks from ``read_chunk`` (None = end of body) into the segment.
-
-        While no byte has arrived, closing the segment from elsewhere releases the wait
-        (``RELEASED``), and so does ``preconnect_timeout`` (``TIMED_OUT``).
-        ``PublisherGone`` from the source ends it as ``ABORTED``; reaching
-        ``max_segment_bytes`` as ``TOO_LARGE``. The segment is closed (except after
-        ``TIMED_OUT``) and the channel updated before this returns.
-
-        Cancellation: the segment is closed with the bytes written so far (the channel
-        is being deleted); Cancelled propagates.
-        """
-        outcome: PublishOutcome | None = None
-        first: bytes | None = b""
-        try:
-            with self.segment.idle_writer() as idle, idle:
-                if timeout := self.channel.limits.preconnect_timeout:
-                    idle.relative_deadline = timeout
-                first = await read_chunk()
-                while first is not None and not first:
-                    first = await read_chunk()
-            if idle.cancelled_caught:
-                outcome = (
-                    PublishOutcome.RELEASED if self.segment.closed else PublishOutcome.TIMED_OUT
-                )
-                return outcome
-            if first is None:
-                outcome = PublishOutcome.EMPTY
-                return outcome
-            self.write(first)
-            while (chunk := await read_chunk()) is not None:
-                if chunk:
-                    self.write(chunk)
-            outcome = PublishOutcome.COMPLETE
-            return outcome
-        except PublisherGone:
-            outcome = PublishOutcome.ABORTED
-            return outcome
-        except _TooLarge:
-            outcome = PublishOutcome.TOO_LARGE
-            logger.warning(
-                "limit hit limit=max_segment_bytes channel=%s seq=%d value=%d",
-                self.channel.name,
-                self.segment.seq,
-                self.channel.limits.max_segment_bytes,
-            )
-            return outcome
-        finally:
-            self.finish(outcome if outcome is not None else PublishOutcome.CHANNEL_CLOSED)
-
-    def finish(self, outcome: PublishOutcome) -> None:  # sync on purpose
-        """Close the segment and apply the outcome's rule to ``next_write``."""
-        channel, seq = self.channel, self.segment.seq
-        if not channel.closed:
-            if outcome is PublishOutcome.EMPTY:
-                # go-livepeer PR #3824: an empty segment is a segment; the next one is next.
-                channel.next_write = seq + 1
-                channel.write_time = trio.current_time()
-            elif (
-                outcome is PublishOutcome.RELEASED
-                and seq >= channel.next_write
-                and not self.segment.evicted
-            ):
-                # A publisher dropped its segment (DELETE of the seq): the next is next.
-                # Never backwards (an old preconnect released by a reset must not drag
-                # subscribers back), and not for an eviction (a flood of far-ahead
-                # preconnects must not move the live edge).
-                channel.next_write = seq + 1
-                channel.write_time = trio.current_time()
-        if outcome is not PublishOutcome.TIMED_OUT:
-            self.segment.close()
-        metrics = self.metrics
-        metrics.segments[outcome.value] += 1
-        duration = 0.0
-        if self.started_at is not None:
-            duration = trio.current_time() - self.started_at
-            metrics.segment_duration.observe(duration)
-        logger.log(
-            logging.INFO if outcome in _ORDINARY else logging.WARNING,
-            "segment %s channel=%s seq=%d bytes=%d duration=%.3f",
-            outcome.value,
-            channel.name,
-            seq,
-            self.bytes_written,
-            duration,
-        )
-
-
-_ORDINARY = frozenset({PublishOutcome.COMPLETE, PublishOutcome.EMPTY, PublishOutcome.RELEASED})
-
-
-class ChannelRegistry:
-    """All channels of one server, each a task in the nursery this registry was lent.
-
-    Args:
-        nursery: owns the channel tasks; cancelling it deletes every channel.
-        teardown_grace: see ``Settings.teardown_grace``.
-        changefeed: keep the ``_changes`` channel (created at once, its first event).
-        limits: channel counts, segment sizes, attached requests, preconnect timeout.
-    """
-
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        *,
-        teardown_grace: float = 5.0,
-        changefeed: bool = False,
-        limits: ChannelLimits | None = None,
-    ) -> None:
-        self._nursery = nursery
-        self._teardown_grace = teardown_grace
-        self.limits = limits if limits is not None else ChannelLimits()
-        self._channels: dict[str, Channel] = {}
-        self.metrics = ServerMetrics()
-        self.metrics.bind(self.gauges)
-        self._changefeed = changefeed
-        if changefeed:
-            self.create(wire.CHANGEFEED_CHANNEL, "application/json")
-
-    @classmethod
-    def from_settings(cls, nursery: trio.Nursery, settings: Settings) -> ChannelRegistry:
-        """A registry with the teardown grace, changefeed and limits of ``settings``."""
-        return cls(
-            nursery,
-            teardown_grace=settings.teardown_grace,
-            changefeed=settings.changefeed,
-            limits=ChannelLimits(
-                max_channels=settings.max_channels,
-                max_segment_bytes=settings.max_segment_bytes,
-                max_subscribers=settings.max_subscribers_per_channel,
-                max_publishers=settings.max_publishers_per_channel,
-                preconnect_timeout=settings.preconnect_timeout,
-            ),
-        )
-
-    def __len__(self) -> int:
-        return len(self._channels)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._channels
-
-    def get(self, name: str) -> Channel | None:
-        """The channel called ``name``, or None."""
-        return self._channels.get(name)
-
-    def channels(self) -> list[Channel]:
-        """A snapshot of every channel."""
-        return list(self._channels.values())
-
-    def gauges(self) -> dict[str, float]:
-        """What is attached now (computed on demand, for ``/metrics`` and the status view)."""
-        channels = list(self._channels.values())
-        return {
-            "channels_open": len(channels),
-            "subscribers_attached": sum(len(channel.subscribers) for channel in channels),
-            "publishers_attached": sum(len(channel.publishers) for channel in channels),
-            "preconnects_idle": sum(
-                segment.idle_writers for channel in channels for segment in channel.window
-            ),
-        }
-
-    def create(self, name: str, mime_type: str = "") -> Channel:  # sync on purpose
-        """Create channel ``name`` or return the existing one (creation is idempotent).
-
-        Raises:
-            LimitExceededError: (429) ``max_channels`` channels exist already.
-        """
-        channel = self._channels.get(name)
-        if channel is not None:
-            return channel
-        if len(self._channels) >= self.limits.max_channels:
-            logger.warning(
-                "limit hit limit=max_channels channel=%s value=%d", name, self.limits.max_channels
-            )
-            raise LimitExceededError(429, "max_channels", "Too many channels")
-        channel = Channel(
-            name,
-            mime_type,
-            teardown_grace=self._teardown_grace,
-            metrics=self.metrics,
-            limits=self.limits,
-        )
-        self._channels[name] = channel
-        self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")
-        logger.info("channel created channel=%s mime=%s", name, mime_type)
-        self._post_change("added", name)
-        return channel
-
-    async def _run_channel(self, channel: Channel) -> None:
-        try:
-            await channel.run()
-        finally:
-            if self._channels.get(channel.name) is channel:
-                del self._channels[channel.name]
-
-    async def delete(self, name: str) -> None:
-        """Delete channel ``name``: returns once every subscriber and publisher has left.
-
-        Raises:
-            ChannelNotFoundError: no such channel (or it is already being deleted).
-
-        Cancellation: the deletion goes on in the channel's task; only the wait ends.
-        """
-        channel = self._channels.get(name)
-        if channel is None or channel.closed:
-            raise ChannelNotFoundError(name)
-        channel.request_delete()
-        await channel.wait_deleted()
-        logger.info("channel deleted channel=%s", name)
-        self._post_change("removed", name)
-
-    async def close_all(self) -> None:
-        """Delete every channel at once (shutdown drain); returns when all are gone."""
-        channels = list(self._channels.values())
-        for channel in channels:
-            channel.request_delete()
-        for channel in channels:
-            await channel.wait_deleted()
-
-    async def sweep(self, idle_timeout: float) -> list[str]:
-        """Delete channels whose last write is older than ``idle_timeout`` seconds.
-
-        Channels whose name starts with ``_`` (the changefeed) are never swept.
-        """
-        now = trio.current_time()
-        swept = [
-            channel.name
-            for channel in self._channels.values()
-            if not channel.name.startswith("_")
-            and not channel.closed
-            and now - channel.write_time > idle_timeout
-        ]
-        for name in swept:
-            if name in self._channels and not self._channels[name].closed:
-                logger.info("channel swept channel=%s idle_timeout=%s", name, idle_timeout)
-                await self.delete(name)
-        return swept
-
-    async def run_sweeper(
-        self,
-        *,
-        idle_timeout: float,
-        sweep_interval: float,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Sweep idle channels every ``sweep_interval`` seconds, forever."""
-        task_status.started()
-        while True:
-            await trio.sleep(sweep_interval)
-            await self.sweep(idle_timeout)
-
-    def _post_change(self, kind: str, name: str) -> None:
-        """Write ``{"added": [name]}`` / ``{"removed": [name]}`` to the changefeed."""
-        feed = self._channels.get(wire.CHANGEFEED_CHANNEL)
-        if not self._changefeed or feed is None or feed.closed:
-            return
-        from .local import LocalPublisher  # local builds on this module
-
-        event = json.dumps({kind: [name]}, separators=(",", ":")).encode()
-        LocalPublisher(self, feed.name).write_nowait(event)
 
 
 _UNSHARED: ServerMetrics | None = None

@@ -1,27 +1,21 @@
 """The in-process API: publish and subscribe straight onto the registry, without HTTP.
 
 ``LocalPublisher`` and ``LocalSubscriber`` follow exactly the rules of the HTTP routes
-(they share ``channels.SegmentWriter`` and ``Channel.segment_for_read``), take the same
+(they share ``publishing.SegmentWriter`` and ``Channel.segment_for_read``), take the same
 leases (so a DELETE orders them like HTTP clients), and raise the ``core.errors`` that
 the HTTP layer maps to status codes. The changefeed is written through a LocalPublisher.
 
-Imports: trio, ``core``, ``channels``.
+Imports: trio, ``core``, ``channels``, ``publishing`` (``registry`` for types only).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
 
 import trio
 
-from .channels import (
-    Channel,
-    ChannelRegistry,
-    PublisherGone,
-    PublishOutcome,
-    Segment,
-    SegmentWriter,
-)
+from .channels import Channel, Segment
 from .core import wire
 from .core.errors import (
     ChannelClosedError,
@@ -29,6 +23,10 @@ from .core.errors import (
     LimitExceededError,
     SegmentNotFoundError,
 )
+from .publishing import PublisherGone, PublishOutcome, SegmentWriter
+
+if TYPE_CHECKING:
+    from .registry import ChannelRegistry
 
 __all__ = ["LocalPublisher", "LocalSegment", "LocalSubscriber"]
 

@@ -22,10 +22,10 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from .channels import ChannelRegistry
 from .config import Settings
 from .http.app import app_state, create_app
 from .http.state import ServerState
+from .registry import ChannelRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,8 @@ from .stats import PublisherCounts, PublisherStats, SubscriberCounts, Subscriber
 from .subscriber import OnGap
 
 if TYPE_CHECKING:
-    from ..channels import Channel, ChannelRegistry
+    from ..channels import Channel
+    from ..registry import ChannelRegistry
 
 __all__ = [
     "InProcessPublisher",

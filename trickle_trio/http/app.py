@@ -18,10 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..channels import ChannelRegistry
 from ..config import Settings
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, LimitExceededError
+from ..registry import ChannelRegistry
 from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
 from .state import ServerState

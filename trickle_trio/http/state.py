@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..channels import ChannelRegistry
 from ..config import Settings
 from ..core import wire
+from ..registry import ChannelRegistry
 
 #: Names that can't be channels when the base path is "/": they are the server's own
 #: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.

@@ -20,9 +20,10 @@ from typing import Any
 import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from ..channels import Channel, PublisherGone, PublishOutcome, ReadResult, SegmentWriter
+from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
+from ..publishing import PublisherGone, PublishOutcome, SegmentWriter
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import trio
 
-from ..channels import ChannelRegistry
 from ..config import Settings
 from ..http.app import create_app
+from ..registry import ChannelRegistry
 from ..server import RunningServer, open_server
 from .asgi import Exchange, Response, open_exchange
 from .clients import (

@@ -1,0 +1,195 @@
+"""ChannelRegistry: every channel of one server, each a task in a nursery it was lent.
+
+Creation is sync and idempotent, deletion waits for the channel's ordered teardown,
+the idle sweep deletes channels nobody wrote to, and the changefeed (``_changes``)
+records additions and removals through the in-process publisher.
+
+Imports: trio, ``config``, ``core``, ``metrics``, ``channels`` and ``local``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+from .channels import Channel, ChannelLimits
+from .config import Settings
+from .core import wire
+from .core.errors import ChannelNotFoundError, LimitExceededError
+from .local import LocalPublisher
+from .metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChannelRegistry"]
+
+
+class ChannelRegistry:
+    """All channels of one server, each a task in the nursery this registry was lent.
+
+    Args:
+        nursery: owns the channel tasks; cancelling it deletes every channel.
+        teardown_grace: see ``Settings.teardown_grace``.
+        changefeed: keep the ``_changes`` channel (created at once, its first event).
+        limits: channel counts, segment sizes, attached requests, preconnect timeout.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        teardown_grace: float = 5.0,
+        changefeed: bool = False,
+        limits: ChannelLimits | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._teardown_grace = teardown_grace
+        self.limits = limits if limits is not None else ChannelLimits()
+        self._channels: dict[str, Channel] = {}
+        self.metrics = ServerMetrics()
+        self.metrics.bind(self.gauges)
+        self._changefeed = changefeed
+        if changefeed:
+            self.create(wire.CHANGEFEED_CHANNEL, "application/json")
+
+    @classmethod
+    def from_settings(cls, nursery: trio.Nursery, settings: Settings) -> ChannelRegistry:
+        """A registry with the teardown grace, changefeed and limits of ``settings``."""
+        return cls(
+            nursery,
+            teardown_grace=settings.teardown_grace,
+            changefeed=settings.changefeed,
+            limits=ChannelLimits(
+                max_channels=settings.max_channels,
+                max_segment_bytes=settings.max_segment_bytes,
+                max_subscribers=settings.max_subscribers_per_channel,
+                max_publishers=settings.max_publishers_per_channel,
+                preconnect_timeout=settings.preconnect_timeout,
+            ),
+        )
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._channels
+
+    def get(self, name: str) -> Channel | None:
+        """The channel called ``name``, or None."""
+        return self._channels.get(name)
+
+    def channels(self) -> list[Channel]:
+        """A snapshot of every channel."""
+        return list(self._channels.values())
+
+    def gauges(self) -> dict[str, float]:
+        """What is attached now (computed on demand, for ``/metrics`` and the status view)."""
+        channels = list(self._channels.values())
+        return {
+            "channels_open": len(channels),
+            "subscribers_attached": sum(len(channel.subscribers) for channel in channels),
+            "publishers_attached": sum(len(channel.publishers) for channel in channels),
+            "preconnects_idle": sum(
+                segment.idle_writers for channel in channels for segment in channel.window
+            ),
+        }
+
+    def create(self, name: str, mime_type: str = "") -> Channel:  # sync on purpose
+        """Create channel ``name`` or return the existing one (creation is idempotent).
+
+        Raises:
+            LimitExceededError: (429) ``max_channels`` channels exist already.
+        """
+        channel = self._channels.get(name)
+        if channel is not None:
+            return channel
+        if len(self._channels) >= self.limits.max_channels:
+            logger.warning(
+                "limit hit limit=max_channels channel=%s value=%d", name, self.limits.max_channels
+            )
+            raise LimitExceededError(429, "max_channels", "Too many channels")
+        channel = Channel(
+            name,
+            mime_type,
+            teardown_grace=self._teardown_grace,
+            metrics=self.metrics,
+            limits=self.limits,
+        )
+        self._channels[name] = channel
+        self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")
+        logger.info("channel created channel=%s mime=%s", name, mime_type)
+        self._post_change("added", name)
+        return channel
+
+    async def _run_channel(self, channel: Channel) -> None:
+        try:
+            await channel.run()
+        finally:
+            if self._channels.get(channel.name) is channel:
+                del self._channels[channel.name]
+
+    async def delete(self, name: str) -> None:
+        """Delete channel ``name``: returns once every subscriber and publisher has left.
+
+        Raises:
+            ChannelNotFoundError: no such channel (or it is already being deleted).
+
+        Cancellation: the deletion goes on in the channel's task; only the wait ends.
+        """
+        channel = self._channels.get(name)
+        if channel is None or channel.closed:
+            raise ChannelNotFoundError(name)
+        channel.request_delete()
+        await channel.wait_deleted()
+        logger.info("channel deleted channel=%s", name)
+        self._post_change("removed", name)
+
+    async def close_all(self) -> None:
+        """Delete every channel at once (shutdown drain); returns when all are gone."""
+        channels = list(self._channels.values())
+        for channel in channels:
+            channel.request_delete()
+        for channel in channels:
+            await channel.wait_deleted()
+
+    async def sweep(self, idle_timeout: float) -> list[str]:
+        """Delete channels whose last write is older than ``idle_timeout`` seconds.
+
+        Channels whose name starts with ``_`` (the changefeed) are never swept.
+        """
+        now = trio.current_time()
+        swept = [
+            channel.name
+            for channel in self._channels.values()
+            if not channel.name.startswith("_")
+            and not channel.closed
+            and now - channel.write_time > idle_timeout
+        ]
+        for name in swept:
+            if name in self._channels and not self._channels[name].closed:
+                logger.info("channel swept channel=%s idle_timeout=%s", name, idle_timeout)
+                await self.delete(name)
+        return swept
+
+    async def run_sweeper(
+        self,
+        *,
+        idle_timeout: float,
+        sweep_interval: float,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Sweep idle channels every ``sweep_interval`` seconds, forever."""
+        task_status.started()
+        while True:
+            await trio.sleep(sweep_interval)
+            await self.sweep(idle_timeout)
+
+    def _post_change(self, kind: str, name: str) -> None:
+        """Write ``{"added": [name]}`` / ``{"removed": [name]}`` to the changefeed."""
+        feed = self._channels.get(wire.CHANGEFEED_CHANNEL)
+        if not self._changefeed or feed is None or feed.closed:
+            return
+        event = json.dumps({kind: [name]}, separators=(",", ":")).encode()
+        LocalPublisher(self, feed.name).write_nowait(event)
