@@ -27,7 +27,7 @@ import trio
 
 from trickle_trio.cluster import channel_field, die_with_parent, find_haproxy
 
-from .sockets import Conn, Reply, call, connect, until
+from .sockets import POLL_INTERVAL, Conn, Reply, call, connect, until
 from .test_deployments import free_port
 
 LIMIT = 30
@@ -92,7 +92,7 @@ class Cluster:
                 and entry["subscribers"] >= subscribers
             ):
                 return
-            await trio.sleep(0.005)
+            await trio.sleep(POLL_INTERVAL)
 
 
 def launch(tmp_path: Path, args: Sequence[str], base: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -467,7 +467,7 @@ async def test_a_subscriber_that_hangs_up_leaves_its_backend_too(cluster: Cluste
 
         # HAProxy (option abortonclose) ends them on the backend: poll its state.
         while await subscribers():  # ruff: ignore[async-busy-wait] - another process
-            await trio.sleep(0.005)
+            await trio.sleep(POLL_INTERVAL)
 
 
 def backend_sockets(url: str) -> set[tuple[int, int]]:
