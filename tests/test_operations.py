@@ -214,3 +214,32 @@ async def test_lifecycle_events_are_logged(
     assert "channel created channel=cam mime=" in messages  # no Content-Type sent
     assert any(m.startswith("segment complete channel=cam seq=0 bytes=3") for m in messages)
     assert "channel deleted channel=cam" in messages
+
+
+def test_serve_flags_reach_the_settings(tmp_path: Path) -> None:
+    from trickle_trio.cli import build_parser, settings_from_args
+
+    token = tmp_path / "publish.token"
+    token.write_text("a-publish-token-0123456789\n")
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--port",
+            "0",
+            "--max-segment-bytes",
+            "1024",
+            "--preconnect-timeout",
+            "30",
+            "--publish-token-file",
+            str(token),
+        ]
+    )
+    settings, sources = settings_from_args(args)
+    assert (settings.max_segment_bytes, settings.preconnect_timeout) == (1024, 30.0)
+    assert settings.publish_token == "a-publish-token-0123456789"
+    assert settings.autocreate is True  # a standalone server autocreates
+    assert sources["publish_token"] == "flag"
+    assert "publish_token=*** source=flag" in settings.describe(sources)
+    missing = build_parser().parse_args(["serve", "--publish-token-file", str(tmp_path / "no")])
+    with pytest.raises(SettingsError, match="cannot read token file"):
+        settings_from_args(missing)
