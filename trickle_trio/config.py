@@ -74,6 +74,9 @@ class Settings:
     #: Keep garbage-collector pauses off the live path: freeze everything allocated at
     #: start-up (never scanned again) and collect the young generation less often.
     gc_tuning: bool = True
+    #: Serve HTTP/1.1 through hypercorn subclasses that write a response's head, body
+    #: and end together and never copy a payload (``trickle_trio.http.fastpath``).
+    fast_path: bool = True
 
     # -- limits: each answered with a clear 4xx and a log line --------------------------
     #: Bytes per segment; a publisher over it gets 413 and the segment is closed at the

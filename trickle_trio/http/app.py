@@ -22,6 +22,7 @@ from ..config import Settings
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, LimitExceededError
 from ..registry import ChannelRegistry
+from . import fastpath
 from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
 from .state import ServerState
@@ -207,6 +208,8 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
                 await state.registry.close_all()
 
     app.asgi_app = Guard(SegmentStreams(app.asgi_app, state), state)  # type: ignore[method-assign]
+    if settings.fast_path and fastpath.install():
+        fastpath.enable(app)
     return app
 
 

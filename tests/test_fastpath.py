@@ -1,0 +1,218 @@
+"""The fast HTTP/1.1 write path (trickle_trio/http/fastpath.py), over real sockets.
+
+What it promises beyond plain hypercorn: a response's head, last bytes and end leave in
+one write; payloads are written with ``os.writev`` (never joined), whole even when the
+socket only takes part of them; the keep-alive timer still closes idle connections (and
+never busy ones), also at shutdown; and with ``fast_path`` off, hypercorn's own classes
+serve. Writes are counted by wrapping ``os.writev``. Each test is bounded by fail_after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+
+from trickle_trio.config import Settings
+from trickle_trio.http import fastpath
+from trickle_trio.server import RunningServer, open_server
+
+from .sockets import call, connect, until
+
+LIMIT = 10
+
+
+@dataclasses.dataclass
+class Writes:
+    """Every ``os.writev`` the server made: sizes offered and bytes taken."""
+
+    offered: list[int] = dataclasses.field(default_factory=list)
+    taken: list[int] = dataclasses.field(default_factory=list)
+
+    def reset(self) -> None:
+        self.offered.clear()
+        self.taken.clear()
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
+    record = Writes()
+    real = os.writev
+
+    def counting(fd: int, buffers: Sequence[Any]) -> int:
+        record.offered.append(sum(len(buffer) for buffer in buffers))
+        taken = real(fd, buffers)
+        record.taken.append(taken)
+        return taken
+
+    monkeypatch.setattr(os, "writev", counting)
+    return record
+
+
+async def test_a_complete_segment_is_answered_in_one_write(
+    trickle_server: RunningServer, writes: Writes
+) -> None:
+    with trio.fail_after(LIMIT):
+        await call(trickle_server.url, "POST", "/cam/0", b"whole segment")
+        writes.reset()
+        reply = await call(trickle_server.url, "GET", "/cam/0")
+        assert reply.status == 200
+        assert reply.headers["transfer-encoding"] == "chunked"
+        assert reply.body == b"whole segment"
+        assert len(writes.taken) == 1  # head + chunk + last chunk
+        assert writes.taken == writes.offered
+
+
+async def test_an_error_answer_is_one_write(trickle_server: RunningServer, writes: Writes) -> None:
+    with trio.fail_after(LIMIT):
+        reply = await call(trickle_server.url, "GET", "/nobody/0")
+        assert reply.status == 404
+        assert reply.body == b"Stream not found\n"
+        assert len(writes.taken) == 1  # head + body
+
+
+async def test_a_live_segment_streams_head_with_first_bytes(
+    trickle_server: RunningServer, writes: Writes
+) -> None:
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"one")
+        await until(lambda: "cam" in trickle_server.registry)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        assert await subscriber.chunk() == b"one"
+        # the head and the first chunk went out together, nothing else yet
+        assert len(writes.taken) == 1
+        await publisher.send(b"two")
+        assert await subscriber.chunk() == b"two"
+        await publisher.end()
+        assert await subscriber.chunk() is None
+        assert (await publisher.response()).status == 200
+        await publisher.aclose()
+        await subscriber.aclose()
+
+
+async def test_a_segment_larger_than_the_socket_buffers_arrives_whole(
+    trickle_server: RunningServer, writes: Writes
+) -> None:
+    payload = bytes(range(256)) * (64 * 1024)  # 16 MiB
+    with trio.fail_after(LIMIT * 3):
+        await call(trickle_server.url, "POST", "/cam/0", payload)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        # The server writes until the socket is full, then waits for us to read.
+        await until(lambda: bool(writes.taken) and writes.taken[-1] < writes.offered[-1])
+        reply = await subscriber.response()
+        await subscriber.aclose()
+    assert reply.body == payload
+    assert len(writes.taken) > 1
+
+
+async def test_many_requests_share_one_keep_alive_connection(
+    trickle_server: RunningServer,
+) -> None:
+    with trio.fail_after(LIMIT):
+        conn = await connect(trickle_server.url)
+        for seq in range(5):
+            await conn.start("POST", f"/cam/{seq}", [("Content-Length", "1")])
+            await conn.send(str(seq).encode())
+            await conn.end()
+            reply = await conn.response()
+            assert reply.status == 200
+            assert reply.headers["lp-trickle-seq"] == str(seq)
+            conn.h11.start_next_cycle()
+            del conn.reply
+        await conn.start("GET", "/cam/4")
+        await conn.end()
+        assert (await conn.response()).body == b"4"
+        await conn.aclose()
+
+
+async def _closed_by_server(stream: trio.abc.Stream) -> bool:
+    """Read until the server closes the connection (True) or sends something (False)."""
+    return await stream.receive_some(1024) == b""
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, keep_alive_timeout=0.3)
+    async with open_server(settings) as server:
+        with trio.fail_after(LIMIT):
+            conn = await connect(server.url)
+            await conn.start("GET", "/healthz")
+            await conn.end()
+            assert (await conn.response()).status == 200
+            began = trio.current_time()
+            assert await _closed_by_server(conn.stream)
+            assert trio.current_time() - began >= 0.25
+            await conn.aclose()
+
+
+async def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
+    settings = Settings(
+        host="127.0.0.1", port=0, autocreate=True, keep_alive_timeout=60, graceful_timeout=30
+    )
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            conn = await connect(server.url)
+            await conn.start("GET", "/healthz")
+            await conn.end()
+            assert (await conn.response()).status == 200
+        # left the block: not held by the idle connection (graceful_timeout is 30 s)
+        assert await _closed_by_server(conn.stream)
+        await conn.aclose()
+
+
+async def test_head_requests_get_no_body(trickle_server: RunningServer) -> None:
+    with trio.fail_after(LIMIT):
+        conn = await connect(trickle_server.url)
+        await conn.start("HEAD", "/healthz")
+        await conn.end()
+        reply = await conn.response()
+        assert reply.status == 200
+        assert reply.body == b""
+        assert int(reply.headers["content-length"]) > 0
+        await conn.aclose()
+
+
+async def test_a_client_error_still_gets_hypercorns_400() -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True)
+    async with open_server(settings) as server:
+        with trio.fail_after(LIMIT):
+            conn = await connect(server.url)
+            await conn.stream.send_all(b"GET /healthz HTTP/1.1\r\nbad header line\r\n\r\n")
+            data = b""
+            while chunk := await conn.stream.receive_some(1024):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 400 ")
+            await conn.aclose()
+
+
+async def test_with_fast_path_off_hypercorn_serves_as_shipped(writes: Writes) -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, fast_path=False)
+    async with open_server(settings) as server:
+        assert not fastpath._is_fast(server.app)
+        with trio.fail_after(LIMIT):
+            await call(server.url, "POST", "/cam/0", b"stock")
+            assert (await call(server.url, "GET", "/cam/0")).body == b"stock"
+    assert writes.taken == []
+
+
+def test_install_refuses_an_untested_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypercorn.trio.run as hypercorn_run
+    from hypercorn.trio.tcp_server import TCPServer
+
+    monkeypatch.setattr(hypercorn_run, "TCPServer", TCPServer)
+    monkeypatch.setattr(fastpath, "_hypercorn_version", lambda: "0.99.0")
+    assert fastpath.install() is False
+    assert hypercorn_run.TCPServer is TCPServer
+    monkeypatch.setattr(fastpath, "_hypercorn_version", lambda: "0.18.0")
+    assert fastpath.install() is True
+    assert hypercorn_run.TCPServer is fastpath.FastTCPServer

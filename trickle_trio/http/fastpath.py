@@ -1,0 +1,471 @@
+"""A leaner HTTP/1.1 write path inside hypercorn, for connections serving trickle-trio.
+
+hypercorn 0.18 turns every ASGI message into its own socket write: a GET answered with a
+status line, one chunk and the end costs three ``send`` calls, and every chunk passes
+through h11 (which joins the chunk's size line, payload and CRLF into a new bytes object),
+a lock, a shielded cancel scope and trio's ``SocketStream``. With many subscribers that
+per-write cost, not the bytes, is what limits fan-out (bench/README.md). This module
+subclasses hypercorn's own classes, without editing them, so that:
+
+* a response's head is held until the app's next body message and leaves with it, and a
+  body message that ends the response carries the terminating chunk too: a GET answered
+  with one chunk is one write instead of three (Go's ``net/http`` also sends the head
+  with the first body write);
+* body framing uses h11's data-passthrough API and the pieces leave in one
+  ``os.writev``: the payload is never copied in Python (TLS streams get one join);
+* the keep-alive idle timer is one task per connection whose state flips, instead of a
+  task started and cancelled around every request;
+* the socket is read 256 KiB at a time instead of 64 KiB, and with no per-read cancel
+  scope when there is no read timeout.
+
+Everything else (parsing, 100-continue, errors, h2, WebSocket upgrades, shutdown) is
+hypercorn's code. :func:`install` points ``hypercorn.trio.run.TCPServer`` at
+:class:`FastTCPServer`; only apps marked with :func:`enable` get the fast classes, every
+other app in the process is served by stock hypercorn. ``install`` refuses (and says so
+in the log) on a hypercorn version this module was not tested with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import h11
+import hypercorn.trio.run as hypercorn_run
+import trio
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Request as StreamRequest
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import build_and_validate_headers, parse_socket_addr, suppress_body
+
+logger = logging.getLogger(__name__)
+
+#: Bytes asked of the socket per read (hypercorn reads 64 KiB).
+READ_SIZE = 256 * 1024
+#: hypercorn versions this module was tested with (it subclasses their internals).
+TESTED_VERSIONS = ("0.17.", "0.18.")
+
+_FAST_APPS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def enable(app: Any) -> None:
+    """Serve ``app`` (the object handed to hypercorn) through the fast classes."""
+    _FAST_APPS.add(app)
+
+
+def install() -> bool:
+    """Make hypercorn's trio worker build :class:`FastTCPServer` connections.
+
+    Idempotent. Returns False, and leaves hypercorn alone, when the installed hypercorn
+    is not one this module was tested with.
+    """
+    if getattr(hypercorn_run, "TCPServer", None) is FastTCPServer:
+        return True
+    version = _hypercorn_version()
+    if not version.startswith(TESTED_VERSIONS):
+        logger.warning("fast path off: untested hypercorn version=%s", version)
+        return False
+    setattr(hypercorn_run, "TCPServer", FastTCPServer)  # ruff: ignore[set-attr-with-constant] (not re-exported)
+    return True
+
+
+def _hypercorn_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hypercorn")
+    except PackageNotFoundError:  # pragma: no cover - hypercorn is a dependency
+        return "unknown"
+
+
+def _is_fast(app: Any) -> bool:
+    # hypercorn wraps the app it was given (ASGIWrapper.app).
+    return getattr(app, "app", app) in _FAST_APPS
+
+
+@dataclass(frozen=True)
+class WriteParts(Event):
+    """Bytes to write to the connection in one go, in order (TCP-server level event)."""
+
+    parts: Sequence[bytes]
+
+
+@dataclass(frozen=True)
+class Batch(StreamEvent):
+    """Stream events produced by one ASGI message, to be written together."""
+
+    events: tuple[StreamEvent, ...]
+
+
+# -- the connection ----------------------------------------------------------------------
+
+
+class FastTCPServer(TCPServer):
+    """hypercorn's per-connection server; fast protocol and writes for enabled apps.
+
+    Writes are shielded from cancellation, as hypercorn's are: a response is never cut
+    in the middle of a write. A client that stops reading therefore holds the writing
+    task until the connection closes (hypercorn behaves the same).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast = _is_fast(self.app)
+        self._idle = True
+        self._idle_deadline = 0.0
+        self._idle_wait = trio.CancelScope()
+        self._watcher = trio.CancelScope()
+
+    async def run(self) -> None:
+        if not self._fast:
+            await super().run()
+            return
+        try:
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                return
+            alpn_protocol = self.stream.selected_alpn_protocol()
+            sock = self.stream.transport_stream.socket
+            ssl = True
+        except AttributeError:  # not TLS
+            alpn_protocol = "http/1.1"
+            sock = self.stream.socket
+            ssl = False
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = FastProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),  # as hypercorn: a copy per connection
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                    alpn_protocol,
+                )
+                await self.protocol.initiate()
+                self._set_idle(idle=True)  # as hypercorn: idle until the first request
+                task_group.spawn(self._watch_idle)
+                try:
+                    await self._read_data()
+                finally:
+                    self._watcher.cancel()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Event) -> None:
+        if not self._fast:
+            await super().protocol_send(event)
+        elif type(event) is WriteParts:
+            await self._write(event.parts)
+        elif type(event) is RawData:
+            await self._write((event.data,))
+        elif type(event) is Updated:
+            self._set_idle(idle=event.idle)
+        else:
+            await super().protocol_send(event)
+
+    async def _write(self, parts: Sequence[bytes]) -> None:
+        lock = self.send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.CancelScope(shield=True):
+                await lock.acquire()
+        try:
+            if await _send_parts(self.stream, parts):
+                # Written without blocking: still let other tasks run, as a send would.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+        finally:
+            lock.release()
+
+    async def _read_data(self) -> None:
+        receive_some = self.stream.receive_some
+        timeout = self.config.read_timeout
+        while True:
+            try:
+                if timeout is None:
+                    data = await receive_some(READ_SIZE)
+                else:
+                    with trio.fail_after(timeout):
+                        data = await receive_some(READ_SIZE)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            await self.protocol.handle(RawData(data if type(data) is bytes else bytes(data)))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
+
+    # -- keep-alive idle timeout: one watcher task per connection -------------------------
+
+    def _set_idle(self, *, idle: bool) -> None:
+        # Called twice per request: only fields change, the watcher reads them when it
+        # wakes (a wake-up per request cost more than the rest of the timer).
+        self._idle = idle
+        if idle:
+            self._idle_deadline = trio.current_time() + self.config.keep_alive_timeout
+            if self.context.terminated.is_set():
+                self._idle_wait.cancel()  # shutting down: close now that it is idle
+
+    async def _watch_idle(self) -> None:
+        """Close the connection when idle past the keep-alive timeout, or at shutdown.
+
+        A busy connection (a request in flight) is never closed here, as in hypercorn;
+        while busy the watcher wakes once per keep-alive timeout to look again.
+        Cancellation: the connection's end cancels ``self._watcher``; nothing is closed then.
+        """
+        terminated = self.context.terminated
+        timeout = self.config.keep_alive_timeout
+        with self._watcher:
+            while True:
+                now = trio.current_time()
+                if self._idle and (terminated.is_set() or now >= self._idle_deadline):
+                    break
+                if terminated.is_set():  # busy while shutting down: _set_idle wakes us
+                    with trio.CancelScope() as self._idle_wait:
+                        await trio.sleep_forever()
+                    continue
+                wake_at = self._idle_deadline if self._idle else now + timeout
+                with trio.move_on_at(wake_at) as self._idle_wait:
+                    await terminated.wait()
+        if self._watcher.cancelled_caught:
+            return
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+async def _send_parts(stream: Any, parts: Sequence[bytes]) -> bool:
+    """Write ``parts`` whole; True if no wait was needed. Shielded while waiting.
+
+    A plain socket gets ``os.writev`` (no join); a TLS stream gets one joined write.
+    Raises BrokenResourceError when the peer is gone, ClosedResourceError when the
+    stream was closed under us.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None or not hasattr(os, "writev"):
+        with trio.CancelScope(shield=True):
+            await stream.send_all(b"".join(parts))
+        return False
+    pending: list[bytes | memoryview] = [part for part in parts if part]
+    immediate = True
+    while pending:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("connection closed")
+        try:
+            written = os.writev(fd, pending)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        while written:
+            head = pending[0]
+            if written >= len(head):
+                written -= len(head)
+                del pending[0]
+            else:
+                pending[0] = memoryview(head)[written:]
+                written = 0
+        if pending:
+            immediate = False
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_writable(sock)
+    return immediate
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+class FastProtocolWrapper(ProtocolWrapper):
+    """hypercorn's ProtocolWrapper, with :class:`FastH11Protocol` for HTTP/1.1."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: Any,
+        context: Any,
+        task_group: Any,
+        state: Any,
+        ssl: bool,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        send: Any,
+        alpn_protocol: str | None = None,
+    ) -> None:
+        if alpn_protocol == "h2":
+            super().__init__(
+                app, config, context, task_group, state, ssl, client, server, send, alpn_protocol
+            )
+            return
+        self.app = app
+        self.config = config
+        self.context = context
+        self.task_group = task_group
+        self.ssl = ssl
+        self.client = client
+        self.server = server
+        self.send = send
+        self.state = state
+        self.protocol = FastH11Protocol(
+            app, config, context, task_group, state, ssl, client, server, send
+        )
+
+
+class FastH11Protocol(H11Protocol):
+    """hypercorn's H11Protocol, writing each :class:`Batch` in one go without copies."""
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if type(event) is not Batch:
+            await super().stream_send(event)
+            return
+        connection = self.connection
+        assert isinstance(connection, h11.Connection)  # a WebSocket has no HTTPStream
+        parts: list[bytes] = []
+        for item in event.events:
+            h11_event: Any
+            if type(item) is Body:
+                h11_event = h11.Data(data=item.data)
+            elif type(item) is EndBody:
+                h11_event = h11.EndOfMessage()
+            else:
+                assert type(item) is Response
+                headers = list(chain(item.headers, self.config.response_headers("h11")))
+                if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                    headers.append((b"connection", b"close"))
+                h11_event = h11.Response(headers=headers, status_code=item.status_code)
+            try:
+                data = connection.send_with_data_passthrough(h11_event)
+            except h11.LocalProtocolError:
+                # As hypercorn: a client that broke its own request gets nothing more.
+                if connection.their_state != h11.ERROR:
+                    raise
+                break
+            if data:
+                parts.extend(data)
+        if parts:
+            await self.send(WriteParts(parts))
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        if _is_upgrade(request):
+            await super()._create_stream(request)
+            return
+        self.stream = FastHTTPStream(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.ssl,
+            self.client,
+            self.server,
+            self.stream_send,
+            1,
+        )
+        if self.config.h11_pass_raw_headers:
+            headers = request.headers.raw_items()
+        else:
+            headers = list(request.headers)
+        await self.stream.handle(
+            StreamRequest(
+                stream_id=1,
+                headers=headers,
+                http_version=request.http_version.decode(),
+                method=request.method.decode("ascii").upper(),
+                raw_path=request.target,
+                state=self.connection_state,
+            )
+        )
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+
+
+def _is_upgrade(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"upgrade" or (name == b"connection" and b"upgrade" in value.lower()):
+            return True
+    return False
+
+
+class FastHTTPStream(HTTPStream):
+    """hypercorn's HTTPStream, sending the head and end of a response with its body.
+
+    ``http.response.start`` (status >= 200) is held; the next ``http.response.body``
+    sends head, body and (when it is the last) the end as one :class:`Batch`. Any other
+    message, or the app finishing, sends a held head first and then goes to hypercorn.
+    """
+
+    _held: Response | None = None
+
+    async def app_send(self, message: Any) -> None:
+        if message is not None:
+            kind = message["type"]
+            if kind == "http.response.body" and self.state == ASGIHTTPState.RESPONSE:
+                await self._send_body(message)
+                return
+            if (
+                kind == "http.response.start"
+                and self.state == ASGIHTTPState.REQUEST
+                and int(message["status"]) >= 200
+            ):
+                self.response = message
+                self._held = Response(
+                    stream_id=self.stream_id,
+                    headers=build_and_validate_headers(message.get("headers", [])),
+                    status_code=int(message["status"]),
+                )
+                self.state = ASGIHTTPState.RESPONSE
+                return
+        if self._held is not None:
+            held, self._held = self._held, None
+            await self.send(held)
+        await super().app_send(message)
+
+    async def _send_body(self, message: Any) -> None:
+        events: list[StreamEvent] = []
+        if self._held is not None:
+            events.append(self._held)
+            self._held = None
+        body = message.get("body", b"")
+        if body and not suppress_body(self.scope["method"], int(self.response["status"])):
+            events.append(Body(self.stream_id, body if type(body) is bytes else bytes(body)))
+        more_body = message.get("more_body", False)
+        trailers = bool(self.response.get("trailers", False))
+        if not more_body and not trailers:
+            events.append(EndBody(self.stream_id))
+        if events:
+            await self.send(Batch(self.stream_id, tuple(events)))
+        if more_body:
+            return
+        if trailers:
+            self.state = ASGIHTTPState.TRAILERS
+            return
+        self.state = ASGIHTTPState.CLOSED
+        await self.config.log.access(self.scope, self.response, _elapsed(self))
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def _elapsed(stream: HTTPStream) -> float:
+    return time.time() - stream.start_time
