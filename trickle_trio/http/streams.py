@@ -302,6 +302,7 @@ async def _stream_segment(
         while await segment.wait_readable(index):
             data = segment.view_from(index)  # one join shared by readers at this index
             index = len(segment.chunks)
+            last = segment.closed  # nothing can follow: these bytes end the response
             metrics.bytes_out += len(data)
             if not started:
                 metrics.time_to_first_byte.observe(trio.current_time() - arrived)
@@ -317,7 +318,13 @@ async def _stream_segment(
                 # this checkpoint would leave us unable to tell which.
                 with trio.CancelScope(shield=True):
                     await send(start)
-            body: Any = {"type": "http.response.body", "body": data, "more_body": True}
+            body: Any = {"type": "http.response.body", "body": data, "more_body": not last}
+            if last:
+                # One message (one write with the fast path) for the last bytes and the
+                # end; shielded like the head, so that the end is sent exactly once.
+                with trio.CancelScope(shield=True):
+                    await send(body)
+                return
             await send(body)
     if started:
         end: Any = {"type": "http.response.body", "body": b"", "more_body": False}
