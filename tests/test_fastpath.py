@@ -136,6 +136,35 @@ async def test_many_requests_share_one_keep_alive_connection(
         await conn.aclose()
 
 
+async def test_one_connection_carries_every_kind_of_answer(
+    trickle_server: RunningServer,
+) -> None:
+    # complete, empty, 470, 404 and a publish answer, back to back on one connection
+    asks = [
+        ("GET", "/cam/0", 200, b"zero"),
+        ("GET", "/cam/1", 200, b""),
+        ("GET", "/cam/9", 470, b"Entry not found"),
+        ("GET", "/nobody/0", 404, b"Stream not found\n"),
+        ("POST", "/cam/2", 200, b""),
+        ("GET", "/cam/2", 200, b"two"),
+    ]
+    with trio.fail_after(LIMIT):
+        await call(trickle_server.url, "POST", "/cam/0", b"zero")
+        await call(trickle_server.url, "POST", "/cam/1")
+        conn = await connect(trickle_server.url)
+        for method, path, status, body in asks:
+            length = "3" if method == "POST" else "0"
+            await conn.start(method, path, [("Content-Length", length)])
+            if method == "POST":
+                await conn.send(b"two")
+            await conn.end()
+            reply = await conn.response()
+            assert (reply.status, reply.body) == (status, body), path
+            conn.h11.start_next_cycle()
+            del conn.reply
+        await conn.aclose()
+
+
 async def _closed_by_server(stream: trio.abc.Stream) -> bool:
     """Read until the server closes the connection (True) or sends something (False)."""
     return await stream.receive_some(1024) == b""

@@ -33,7 +33,6 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import h11
@@ -55,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read (hypercorn reads 64 KiB).
 READ_SIZE = 256 * 1024
+#: ASGI scope extension of a request without a body: ``{"cancel_on_close": f}``, where
+#: ``f(cancel_scope)`` has the scope cancelled when the client goes away.
+DISCONNECT_EXTENSION = "trickle.cancel_on_close"
 #: hypercorn versions this module was tested with (it subclasses their internals).
 TESTED_VERSIONS = ("0.17.", "0.18.")
 
@@ -353,7 +355,7 @@ class FastH11Protocol(H11Protocol):
                 h11_event = h11.EndOfMessage()
             else:
                 assert type(item) is Response
-                headers = list(chain(item.headers, self.config.response_headers("h11")))
+                headers = [*item.headers, *_response_headers(self.config)]
                 if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                     headers.append((b"connection", b"close"))
                 h11_event = h11.Response(headers=headers, status_code=item.status_code)
@@ -402,6 +404,19 @@ class FastH11Protocol(H11Protocol):
         await self.context.mark_request()
 
 
+_cached_headers: tuple[Any, int, list[tuple[bytes, bytes]]] | None = None
+
+
+def _response_headers(config: Any) -> list[tuple[bytes, bytes]]:
+    """``config.response_headers("h11")``, rebuilt once a second (its Date header)."""
+    global _cached_headers
+    second = int(time.time())
+    cached = _cached_headers
+    if cached is None or cached[0] is not config or cached[1] != second:
+        cached = _cached_headers = (config, second, config.response_headers("h11"))
+    return cached[2]
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     for name, value in request.headers:
         if name == b"upgrade" or (name == b"connection" and b"upgrade" in value.lower()):
@@ -418,6 +433,25 @@ class FastHTTPStream(HTTPStream):
     """
 
     _held: Response | None = None
+    _on_close: trio.CancelScope | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        await super().handle(event)
+        if type(event) is StreamClosed:
+            # Not when the app ended the response itself: then this runs inside the app's
+            # own send, and a cancel would land in hypercorn's connection recycling.
+            if self._on_close is not None and self.state != ASGIHTTPState.CLOSED:
+                self._on_close.cancel()
+        elif type(event) is StreamRequest and _bodyless(event):
+            # Offered once the scope exists and before the app first runs (spawning
+            # does not yield); an app that misses it watches receive() as usual.
+            self.scope["extensions"][DISCONNECT_EXTENSION] = {"cancel_on_close": self._watch}
+
+    def _watch(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` when the client goes (instead of a task reading receive())."""
+        self._on_close = scope
+        if self.closed:
+            scope.cancel()
 
     async def app_send(self, message: Any) -> None:
         if message is not None:
@@ -465,6 +499,15 @@ class FastHTTPStream(HTTPStream):
         self.state = ASGIHTTPState.CLOSED
         await self.config.log.access(self.scope, self.response, _elapsed(self))
         await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def _bodyless(request: StreamRequest) -> bool:
+    """True if the request can carry no body (no Content-Length or Transfer-Encoding)."""
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
+            return False
+    return True
 
 
 def _elapsed(stream: HTTPStream) -> float:
