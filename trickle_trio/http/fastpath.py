@@ -31,7 +31,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,10 @@ READ_SIZE = 256 * 1024
 #: ASGI scope extension of a request without a body: ``{"cancel_on_close": f}``, where
 #: ``f(cancel_scope)`` has the scope cancelled when the client goes away.
 DISCONNECT_EXTENSION = "trickle.cancel_on_close"
+#: ASGI scope extension of a request with a body: ``{"take_body": f}``, where
+#: ``f(sink)`` has the server call ``sink(chunk)`` for the rest of the body instead of
+#: queueing ``http.request`` messages (True), or refuses for now (False).
+BODY_EXTENSION = "trickle.take_body"
 #: hypercorn versions this module was tested with (it subclasses their internals).
 TESTED_VERSIONS = ("0.17.", "0.18.")
 
@@ -434,18 +438,43 @@ class FastHTTPStream(HTTPStream):
 
     _held: Response | None = None
     _on_close: trio.CancelScope | None = None
+    _sink: Callable[[bytes], None] | None = None
 
     async def handle(self, event: StreamEvent) -> None:
+        if type(event) is Body and self._sink is not None:
+            if not self.closed:
+                data = event.data
+                self._sink(data if type(data) is bytes else bytes(data))
+            return
         await super().handle(event)
         if type(event) is StreamClosed:
             # Not when the app ended the response itself: then this runs inside the app's
             # own send, and a cancel would land in hypercorn's connection recycling.
             if self._on_close is not None and self.state != ASGIHTTPState.CLOSED:
                 self._on_close.cancel()
-        elif type(event) is StreamRequest and _bodyless(event):
+        elif type(event) is StreamRequest:
             # Offered once the scope exists and before the app first runs (spawning
-            # does not yield); an app that misses it watches receive() as usual.
-            self.scope["extensions"][DISCONNECT_EXTENSION] = {"cancel_on_close": self._watch}
+            # does not yield); an app that misses them uses receive() as usual.
+            extensions = self.scope["extensions"]
+            if _bodyless(event):
+                extensions[DISCONNECT_EXTENSION] = {"cancel_on_close": self._watch}
+            else:
+                extensions[BODY_EXTENSION] = {"take_body": self._take_body}
+
+    def _take_body(self, sink: Callable[[bytes], None]) -> bool:
+        """Hand the rest of the request body to ``sink`` as it is parsed.
+
+        Refused (False) while body messages wait in the app's queue, so that no chunk
+        can overtake another. The end of the body and a disconnect still arrive through
+        ``receive()``. ``sink`` runs in the connection's reader task and must not block.
+        """
+        queue = getattr(self.app_put, "__self__", None)
+        if self.closed or not isinstance(queue, trio.MemorySendChannel):
+            return False
+        if queue.statistics().current_buffer_used:
+            return False
+        self._sink = sink
+        return True
 
     def _watch(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` when the client goes (instead of a task reading receive())."""

@@ -24,8 +24,8 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
-from ..publishing import PublisherGone, PublishOutcome, SegmentWriter
-from .fastpath import DISCONNECT_EXTENSION
+from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
+from .fastpath import BODY_EXTENSION, DISCONNECT_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -119,7 +119,15 @@ class SegmentStreams:
             await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
             return
         reset = bool(header_value(scope, b"lp-trickle-reset"))
-        await serve_publisher(channel, seq, receive, send, reset=reset)
+        sink = scope.get("extensions", {}).get(BODY_EXTENSION)
+        await serve_publisher(
+            channel,
+            seq,
+            receive,
+            send,
+            reset=reset,
+            take_body=sink["take_body"] if sink else None,
+        )
 
     async def _error(
         self,
@@ -176,6 +184,7 @@ async def serve_publisher(
     send: ASGISendCallable,
     *,
     reset: bool = False,
+    take_body: TakeBody | None = None,
 ) -> None:
     """Stream a POST body into segment ``seq`` (``-1`` = next write) and answer it.
 
@@ -200,7 +209,7 @@ async def serve_publisher(
         writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
         outcome = PublishOutcome.CHANNEL_CLOSED
         with scope:
-            outcome = await writer.pump(_body_reader(receive))
+            outcome = await writer.pump(_body_reader(receive), take_body)
         await _answer_publisher(send, channel, writer.seq, outcome)
 
 
