@@ -10,7 +10,9 @@ serve. Writes are counted by wrapping ``os.writev``. Each test is bounded by fai
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,6 +182,38 @@ async def test_the_byte_limit_holds_when_the_reader_writes_the_body(
             await conn.aclose()
             stored = await call(server.url, "GET", "/cam/0")
     assert stored.body == b"a" * 100 + b"b" * 900
+
+
+async def test_a_finished_request_is_freed_without_the_cycle_collector(
+    trickle_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streams (and through a publisher's sink, its segment) must go by refcount: the
+    # shipped GC thresholds leave cycles uncollected for a long time.
+    streams: list[weakref.ref[fastpath.FastHTTPStream]] = []
+    real_init = fastpath.FastHTTPStream.__init__
+
+    def recording(self: fastpath.FastHTTPStream, *args: Any) -> None:
+        real_init(self, *args)
+        streams.append(weakref.ref(self))
+
+    monkeypatch.setattr(fastpath.FastHTTPStream, "__init__", recording)
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.fail_after(LIMIT):
+            publisher = await connect(trickle_server.url)
+            await publisher.start("POST", "/cam/0")
+            await publisher.send(b"first")
+            await until(lambda: "cam" in trickle_server.registry)
+            await publisher.send(b"second")  # through the sink
+            await publisher.end()
+            assert (await publisher.response()).status == 200
+            assert (await call(trickle_server.url, "GET", "/cam/0")).body == b"firstsecond"
+            await publisher.aclose()
+            await until(lambda: all(ref() is None for ref in streams))
+    finally:
+        gc.enable()
+    assert len(streams) == 2
 
 
 async def test_many_requests_share_one_keep_alive_connection(

@@ -452,6 +452,12 @@ class FastHTTPStream(HTTPStream):
             # own send, and a cancel would land in hypercorn's connection recycling.
             if self._on_close is not None and self.state != ASGIHTTPState.CLOSED:
                 self._on_close.cancel()
+            # The extensions refer back to this stream (a cycle the young-generation GC
+            # would leave holding a whole segment through the sink): break it now.
+            self.scope["extensions"].pop(DISCONNECT_EXTENSION, None)
+            self.scope["extensions"].pop(BODY_EXTENSION, None)
+            self._sink = None
+            self._on_close = None
         elif type(event) is StreamRequest:
             # Offered once the scope exists and before the app first runs (spawning
             # does not yield); an app that misses them uses receive() as usual.
