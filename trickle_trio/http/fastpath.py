@@ -61,6 +61,8 @@ DISCONNECT_EXTENSION = "trickle.cancel_on_close"
 #: ``f(sink)`` has the server call ``sink(chunk)`` for the rest of the body instead of
 #: queueing ``http.request`` messages (True), or refuses for now (False).
 BODY_EXTENSION = "trickle.take_body"
+#: At most this many writes in a row complete without a scheduler pass.
+YIELD_EVERY = 16
 #: hypercorn versions this module was tested with (it subclasses their internals).
 TESTED_VERSIONS = ("0.17.", "0.18.")
 
@@ -134,6 +136,8 @@ class FastTCPServer(TCPServer):
         self._idle_deadline = 0.0
         self._idle_wait = trio.CancelScope()
         self._watcher = trio.CancelScope()
+        self._drained = False  # the last read emptied the socket
+        self._unyielded = 0  # writes since the last scheduler pass in _write
 
     async def run(self) -> None:
         if not self._fast:
@@ -201,8 +205,15 @@ class FastTCPServer(TCPServer):
             with trio.CancelScope(shield=True):
                 await lock.acquire()
         try:
-            if await _send_parts(self.stream, parts):
-                # Written without blocking: still let other tasks run, as a send would.
+            if not await _send_parts(self.stream, parts):
+                self._unyielded = 0
+            elif self._unyielded < YIELD_EVERY:
+                # Written without blocking and without a scheduler pass: the app yields
+                # anyway (a subscriber waits for its next chunk), so only every
+                # YIELD_EVERY-th such write yields, for fairness to other tasks.
+                self._unyielded += 1
+            else:
+                self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(Closed())
@@ -210,21 +221,54 @@ class FastTCPServer(TCPServer):
             lock.release()
 
     async def _read_data(self) -> None:
-        receive_some = self.stream.receive_some
+        receive = self._receive if hasattr(self.stream, "socket") else self._receive_tls
         timeout = self.config.read_timeout
         while True:
             try:
                 if timeout is None:
-                    data = await receive_some(READ_SIZE)
+                    data = await receive()
                 else:
                     with trio.fail_after(timeout):
-                        data = await receive_some(READ_SIZE)
+                        data = await receive()
             except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                 break
             await self.protocol.handle(RawData(data if type(data) is bytes else bytes(data)))
             if not data:
                 break
         await self.protocol.handle(Closed())
+
+    async def _receive_tls(self) -> bytes:
+        return bytes(await self.stream.receive_some(READ_SIZE))
+
+    async def _receive(self) -> bytes:
+        """The next bytes from a plain socket (``b""`` at end of stream).
+
+        A stream that sends a little at a time (a live publisher) left the socket
+        drained by the last read: then wait for readiness first, rather than read,
+        fail with EAGAIN, wait and read again as ``receive_some`` does. One scheduler
+        pass per read either way. Cancellation: while waiting, nothing was read.
+        """
+        sock: Any = self.stream.socket
+        wait = self._drained
+        while True:
+            if sock.fileno() < 0:  # closed by hypercorn (an error answer, shutdown)
+                raise trio.ClosedResourceError("connection closed")
+            if wait:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                await trio.lowlevel.checkpoint()
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("connection closed")
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                wait = True
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            self._drained = len(data) < READ_SIZE
+            return data
 
     # -- keep-alive idle timeout: one watcher task per connection -------------------------
 
@@ -298,6 +342,8 @@ async def _send_parts(stream: Any, parts: Sequence[bytes]) -> bool:
                 written = 0
         if pending:
             immediate = False
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("connection closed")
             with trio.CancelScope(shield=True):
                 await trio.lowlevel.wait_writable(sock)
     return immediate
