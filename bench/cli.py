@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds at the start whose chunks count for delivery but not latency (1)",
     )
     live.add_argument(
+        "--aligned-segments",
+        action="store_true",
+        help="every channel starts its segments at the same instant (worst case); "
+        "default: boundaries spread over one segment, as independent streams",
+    )
+    live.add_argument(
         "--find-max",
         action="store_true",
         help="search the largest channel count with p99 < --bound-ms and nothing lost",
@@ -194,6 +200,7 @@ def _live(args: argparse.Namespace, channels: int) -> LiveConfig:
         interval=args.interval_ms / 1000,
         duration=args.duration,
         warmup=args.warmup,
+        aligned_segments=getattr(args, "aligned_segments", False),
     )
 
 

@@ -121,10 +121,14 @@ class Pace:
 class LivePublisher:
     """One channel's paced publisher, fired by the engine's pacer."""
 
-    def __init__(self, engine: Engine, state: ChannelState, start: float) -> None:
+    def __init__(
+        self, engine: Engine, state: ChannelState, start: float, first_chunks: int | None = None
+    ) -> None:
         self.engine = engine
         self.state = state
         self.start = start
+        #: Chunks in segment 0 (later segments have ``pace.chunks_per_segment``).
+        self.first_chunks = first_chunks or engine.pace.chunks_per_segment
         self.due = start
         self.seq = 0
         self.index = 0
@@ -170,7 +174,8 @@ class LivePublisher:
             self._preconnect(self.seq + 1)
         self.due = self.start + state.written * engine.pace.interval
         last = self.due >= engine.end
-        if self.index == engine.pace.chunks_per_segment or last:
+        per_segment = self.first_chunks if self.seq == 0 else engine.pace.chunks_per_segment
+        if self.index == per_segment or last:
             conn.send(LAST_CHUNK, engine.reactor)
             self._read_answer(conn, self.seq)
             self.conn, self.next = self.next, None
@@ -397,8 +402,10 @@ class Engine:
         except (OSError, ConnError) as exc:
             self.errors.append(f"connect: {exc}")
 
-    def add_channel(self, state: ChannelState, subscribers: int, start: float) -> None:
-        self.publishers.append(LivePublisher(self, state, start))
+    def add_channel(
+        self, state: ChannelState, subscribers: int, start: float, first_chunks: int | None = None
+    ) -> None:
+        self.publishers.append(LivePublisher(self, state, start, first_chunks))
         for _ in range(subscribers):
             sink = ChunkSink(state.index, self.pace.chunk_bytes, self.latencies)
             self.sinks.append(sink)

@@ -4,7 +4,11 @@ Each publisher sends R bit/s (default 2 Mbit/s) as one chunk every ``interval``
 (default 20 ms, so 5,000 B at 2 Mbit/s) into D-second segments (default 1 s, i.e. 50
 chunks), preconnecting ``POST seq+1`` as soon as a segment starts, like the reference
 publisher. Channels start at random phases within one interval so that they don't all
-write in the same millisecond.
+write in the same millisecond, and (unless ``--aligned-segments``) their first segment
+has a random length, so that segment boundaries are spread over the segment duration as
+those of independent streams are. With aligned segments every channel ends a segment and
+opens the next requests in the same instant, once per segment: a burst of 2 x C requests
+that sets the p99 of a Python server (see bench/README.md).
 
 Every chunk begins with a stamp (channel, seq, chunk index, write time); a subscriber
 cuts the stream back into fixed-size chunks and records, per chunk, the time from the
@@ -50,6 +54,8 @@ class LiveConfig:
     #: ``delivered`` but not for the latency figures.
     warmup: float = 1.0
     mime: str = "video/mp2t"
+    #: Every channel's segments start at the same instant (worst case); else spread.
+    aligned_segments: bool = False
 
     @property
     def chunk_bytes(self) -> int:
@@ -62,7 +68,8 @@ class LiveConfig:
     @property
     def label(self) -> str:
         subs = f" x {self.subscribers} sub" if self.subscribers != 1 else ""
-        return f"{self.channels} ch{subs} @ {self.bitrate / 1e6:g} Mbit/s"
+        aligned = ", aligned segments" if self.aligned_segments else ""
+        return f"{self.channels} ch{subs} @ {self.bitrate / 1e6:g} Mbit/s{aligned}"
 
     def validate(self) -> None:
         if self.channels < 1 or self.subscribers < 0:
@@ -155,7 +162,10 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
             state = ChannelState(c, f"{ctl.job.run_id}-{c}")
             # Random phases within one interval: channels don't all write in the same ms.
             phase = random.Random(c).uniform(0, config.interval)
-            engine.add_channel(state, config.subscribers, phase)
+            first_chunks = None
+            if not config.aligned_segments:  # boundaries spread over one segment
+                first_chunks = random.Random(-1 - c).randint(1, config.chunks_per_segment)
+            engine.add_channel(state, config.subscribers, phase, first_chunks)
         await engine.set_up()
         t0 = await ctl.ready()
         for pub in engine.publishers:
