@@ -113,6 +113,7 @@ async def test_serve_drains_on_sigterm_and_says_how_it_runs(
     assert "127.0.0.1" in output
     assert "loopback only" in output
     assert "drained channels=1" in output
+    assert "fast path on" in output
 
 
 def test_serve_rejects_bad_settings_in_one_line() -> None:
@@ -153,3 +154,5 @@ async def test_plain_hypercorn_deployment_drains_on_sigterm(
         code, headers = await subscribe_and_terminate(url, process, group=True)
     assert headers["lp-trickle-closed"] == "terminated"
     assert code == 0
+    assert process.stdout is not None
+    assert "fast path on" in process.stdout.read().decode()  # in the worker, too

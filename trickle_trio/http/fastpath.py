@@ -87,6 +87,7 @@ def install() -> bool:
         logger.warning("fast path off: untested hypercorn version=%s", version)
         return False
     setattr(hypercorn_run, "TCPServer", FastTCPServer)  # ruff: ignore[set-attr-with-constant] (not re-exported)
+    logger.info("fast path on hypercorn=%s", version)
     return True
 
 
