@@ -62,7 +62,17 @@ class ChunkSink:
     stamp at its start says where it came from and when it was written.
     """
 
-    __slots__ = ("buf", "channel", "corrupt", "count", "latencies", "seq", "since_ns", "size")
+    __slots__ = (
+        "buf",
+        "channel",
+        "corrupt",
+        "count",
+        "cut",
+        "latencies",
+        "seq",
+        "since_ns",
+        "size",
+    )
 
     def __init__(self, channel: int, size: int, latencies: list[float]) -> None:
         self.channel = channel
@@ -73,11 +83,15 @@ class ChunkSink:
         self.buf = bytearray()
         self.seq = 0
         self.count = 0
+        #: Chunks whose stamp is wrong (bytes from elsewhere: a server bug).
         self.corrupt = 0
+        #: Segments that ended inside a chunk: a publish cut short (its POST broke), which
+        #: the protocol keeps as written. Not corruption; counted apart.
+        self.cut = 0
 
     def start_segment(self, seq: int) -> None:
         if self.buf:
-            self.corrupt += 1  # the previous segment ended inside a chunk
+            self.cut += 1  # the previous segment ended inside a chunk
             self.buf.clear()
         self.seq = seq
 
@@ -513,6 +527,7 @@ class Engine:
             "written": sum(p.state.written for p in self.publishers),
             "received": sum(s.count for s in self.sinks),
             "corrupt": sum(s.corrupt for s in self.sinks),
+            "cut": sum(s.cut for s in self.sinks),
             "errors": self.errors[:20],
             "connects": self.connects,
             "stalls": self.stalls,

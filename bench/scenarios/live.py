@@ -104,7 +104,7 @@ METRICS = [
 def summarize(config: LiveConfig, results: list[dict[str, Any]]) -> Outcome:
     latencies: list[float] = []
     lags: list[float] = []
-    written = received = corrupt = 0
+    written = received = corrupt = cut = 0
     errors: list[str] = []
     for r in results:
         latencies.extend(r["latencies_ms"])
@@ -112,6 +112,7 @@ def summarize(config: LiveConfig, results: list[dict[str, Any]]) -> Outcome:
         written += r["written"]
         received += r["received"]
         corrupt += r["corrupt"]
+        cut += r.get("cut", 0)
         errors.extend(r["errors"])
     latencies.sort()
     lags.sort()
@@ -130,7 +131,12 @@ def summarize(config: LiveConfig, results: list[dict[str, Any]]) -> Outcome:
         "setup_s": max(r.get("setup_s", 0.0) for r in results),
     }
     notes = errors[:5]
-    checks = {"lost": max(0, expected - received), "corrupt": corrupt, "errors": len(errors)}
+    checks = {
+        "lost": max(0, expected - received),
+        "corrupt": corrupt,
+        "cut": cut,
+        "errors": len(errors),
+    }
     return Outcome(metrics, checks, {"latency (ms)": latencies}, notes)
 
 
