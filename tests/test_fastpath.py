@@ -16,7 +16,6 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import h11
 import pytest
 import trio
 
@@ -119,76 +118,11 @@ async def test_a_segment_larger_than_the_socket_buffers_arrives_whole(
     assert len(writes.taken) > 1
 
 
-def _chunked(pieces: list[bytes]) -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
-
-
-@pytest.fixture
-def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What every offer to hand a body to the connection's reader answered."""
-    answers: list[bool] = []
-    real = fastpath.FastHTTPStream._take_body
-
-    def recording(self: fastpath.FastHTTPStream, sink: Any) -> bool:
-        answers.append(real(self, sink))
-        return answers[-1]
-
-    monkeypatch.setattr(fastpath.FastHTTPStream, "_take_body", recording)
-    return answers
-
-
-async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
-    trickle_server: RunningServer, takeovers: list[bool]
-) -> None:
-    # Thousands of chunks in one burst: hypercorn queues some for the app before the
-    # body is handed to the connection's reader; none may overtake another.
-    pieces = [b"%06d;" % n for n in range(3000)]
-    with trio.fail_after(LIMIT):
-        conn = await connect(trickle_server.url)
-        head = conn.h11.send(
-            h11.Request(
-                method="POST",
-                target="/cam/0",
-                headers=[("Host", conn.host), ("Transfer-Encoding", "chunked")],
-            )
-        )
-        assert head is not None
-        await conn.stream.send_all(head + _chunked(pieces))  # one read for the server
-        conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
-        conn.h11.send(h11.EndOfMessage())
-        assert (await conn.response()).status == 200
-        await conn.aclose()
-        reply = await call(trickle_server.url, "GET", "/cam/0")
-    assert reply.body == b"".join(pieces)
-    assert takeovers[0] is False  # refused while chunks were queued,
-    assert takeovers[-1] is True  # then taken
-
-
-async def test_the_byte_limit_holds_when_the_reader_writes_the_body(
-    takeovers: list[bool],
-) -> None:
-    settings = Settings(host="127.0.0.1", port=0, autocreate=True, max_segment_bytes=1000)
-    async with open_server(settings) as server:
-        with trio.fail_after(LIMIT):
-            conn = await connect(server.url)
-            await conn.start("POST", "/cam/0")
-            await conn.send(b"a" * 100)  # the first byte arrives alone
-            await until(lambda: True in takeovers)
-            # over the limit in one write, and the body never ends
-            pieces = _chunked([b"b" * 100] * 49)
-            await conn.stream.send_all(pieces[: -len(b"0\r\n\r\n")])
-            reply = await conn.head()
-            assert reply.status == 413  # at once, not at the end of the body
-            await conn.aclose()
-            stored = await call(server.url, "GET", "/cam/0")
-    assert stored.body == b"a" * 100 + b"b" * 900
-
-
 async def test_a_finished_request_is_freed_without_the_cycle_collector(
     trickle_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Streams (and through a publisher's sink, its segment) must go by refcount: the
-    # shipped GC thresholds leave cycles uncollected for a long time.
+    # Streams (and what the app left in their scope) must go by refcount: the shipped
+    # GC thresholds leave cycles uncollected for a long time.
     streams: list[weakref.ref[fastpath.FastHTTPStream]] = []
     real_init = fastpath.FastHTTPStream.__init__
 
@@ -205,7 +139,7 @@ async def test_a_finished_request_is_freed_without_the_cycle_collector(
             await publisher.start("POST", "/cam/0")
             await publisher.send(b"first")
             await until(lambda: "cam" in trickle_server.registry)
-            await publisher.send(b"second")  # through the sink
+            await publisher.send(b"second")
             await publisher.end()
             assert (await publisher.response()).status == 200
             assert (await call(trickle_server.url, "GET", "/cam/0")).body == b"firstsecond"

@@ -21,7 +21,7 @@ from .channels import Channel, Segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter", "TakeBody"]
+__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter"]
 
 
 class PublishOutcome(enum.Enum):
@@ -98,18 +98,8 @@ class SegmentWriter:
         self.metrics.bytes_in += len(data)
         self.segment.append(data)
 
-    async def pump(
-        self,
-        read_chunk: Callable[[], Awaitable[bytes | None]],
-        take_body: TakeBody | None = None,
-    ) -> PublishOutcome:
+    async def pump(self, read_chunk: Callable[[], Awaitable[bytes | None]]) -> PublishOutcome:
         """Copy chunks from ``read_chunk`` (None = end of body) into the segment.
-
-        With ``take_body`` (offered by the server's fast path), once the first byte is
-        in, the rest of the body is written by the connection's reader as it is parsed
-        (:meth:`write` is synchronous), and ``read_chunk`` only reports the end; until
-        the server accepts (nothing still queued for ``read_chunk``), chunks come
-        through ``read_chunk`` as usual.
 
         While no byte has arrived, closing the segment from elsewhere releases the wait
         (``RELEASED``), and so does ``preconnect_timeout`` (``TIMED_OUT``).
@@ -138,20 +128,9 @@ class SegmentWriter:
                 outcome = PublishOutcome.EMPTY
                 return outcome
             self.write(first)
-            sink = _Sink(self) if take_body is not None else None
-            with trio.CancelScope() as sink_failed:
-                if sink is not None:
-                    sink.failed = sink_failed
-                while True:
-                    if sink is not None and not sink.taken and take_body is not None:
-                        sink.taken = take_body(sink)
-                    chunk = await read_chunk()
-                    if chunk is None:
-                        break
-                    if chunk:
-                        self.write(chunk)
-            if sink is not None and sink.error is not None:
-                raise sink.error
+            while (chunk := await read_chunk()) is not None:
+                if chunk:
+                    self.write(chunk)
             outcome = PublishOutcome.COMPLETE
             return outcome
         except PublisherGone:
@@ -205,33 +184,6 @@ class SegmentWriter:
             self.bytes_written,
             duration,
         )
-
-
-#: ``take_body(sink)``: from now on the server hands each body chunk to ``sink`` (in
-#: the connection's reader task) instead of queueing it; False if it can't yet.
-TakeBody = Callable[[Callable[[bytes], None]], bool]
-
-
-class _Sink:
-    """Writes body chunks as the server parses them; a limit hit stops the pump."""
-
-    __slots__ = ("error", "failed", "taken", "writer")
-
-    def __init__(self, writer: SegmentWriter) -> None:
-        self.writer = writer
-        self.taken = False
-        self.error: _TooLarge | None = None
-        self.failed: trio.CancelScope | None = None
-
-    def __call__(self, data: bytes) -> None:  # sync: runs in the connection's reader
-        if self.error is not None or not data:
-            return  # past the limit: the rest of the body is dropped
-        try:
-            self.writer.write(data)
-        except _TooLarge as exc:
-            self.error = exc
-            if self.failed is not None:
-                self.failed.cancel()
 
 
 _ORDINARY = frozenset({PublishOutcome.COMPLETE, PublishOutcome.EMPTY, PublishOutcome.RELEASED})

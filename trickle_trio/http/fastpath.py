@@ -15,8 +15,11 @@ subclasses hypercorn's own classes, without editing them, so that:
   ``os.writev``: the payload is never copied in Python (TLS streams get one join);
 * the keep-alive idle timer is one task per connection whose state flips, instead of a
   task started and cancelled around every request;
-* the socket is read 256 KiB at a time instead of 64 KiB, and with no per-read cancel
-  scope when there is no read timeout.
+* the socket is read 256 KiB at a time instead of 64 KiB, with no per-read cancel scope
+  when there is no read timeout, and a socket the last read drained is waited on before
+  it is read (no read failing with EAGAIN for every chunk of a live stream);
+* a write that completes at once does not also pass through the scheduler (every
+  ``YIELD_EVERY``-th does): the app yields anyway while it waits for its next chunk.
 
 Everything else (parsing, 100-continue, errors, h2, WebSocket upgrades, shutdown) is
 hypercorn's code. :func:`install` points ``hypercorn.trio.run.TCPServer`` at
@@ -31,7 +34,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,13 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read (hypercorn reads 64 KiB).
 READ_SIZE = 256 * 1024
-#: ASGI scope extension of a request without a body: ``{"cancel_on_close": f}``, where
-#: ``f(cancel_scope)`` has the scope cancelled when the client goes away.
-DISCONNECT_EXTENSION = "trickle.cancel_on_close"
-#: ASGI scope extension of a request with a body: ``{"take_body": f}``, where
-#: ``f(sink)`` has the server call ``sink(chunk)`` for the rest of the body instead of
-#: queueing ``http.request`` messages (True), or refuses for now (False).
-BODY_EXTENSION = "trickle.take_body"
 #: At most this many writes in a row complete without a scheduler pass.
 YIELD_EVERY = 16
 #: hypercorn versions this module was tested with (it subclasses their internals).
@@ -406,7 +402,7 @@ class FastH11Protocol(H11Protocol):
                 h11_event = h11.EndOfMessage()
             else:
                 assert type(item) is Response
-                headers = [*item.headers, *_response_headers(self.config)]
+                headers = [*item.headers, *self.config.response_headers("h11")]
                 if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                     headers.append((b"connection", b"close"))
                 h11_event = h11.Response(headers=headers, status_code=item.status_code)
@@ -455,19 +451,6 @@ class FastH11Protocol(H11Protocol):
         await self.context.mark_request()
 
 
-_cached_headers: tuple[Any, int, list[tuple[bytes, bytes]]] | None = None
-
-
-def _response_headers(config: Any) -> list[tuple[bytes, bytes]]:
-    """``config.response_headers("h11")``, rebuilt once a second (its Date header)."""
-    global _cached_headers
-    second = int(time.time())
-    cached = _cached_headers
-    if cached is None or cached[0] is not config or cached[1] != second:
-        cached = _cached_headers = (config, second, config.response_headers("h11"))
-    return cached[2]
-
-
 def _is_upgrade(request: h11.Request) -> bool:
     for name, value in request.headers:
         if name == b"upgrade" or (name == b"connection" and b"upgrade" in value.lower()):
@@ -484,56 +467,6 @@ class FastHTTPStream(HTTPStream):
     """
 
     _held: Response | None = None
-    _on_close: trio.CancelScope | None = None
-    _sink: Callable[[bytes], None] | None = None
-
-    async def handle(self, event: StreamEvent) -> None:
-        if type(event) is Body and self._sink is not None:
-            if not self.closed:
-                data = event.data
-                self._sink(data if type(data) is bytes else bytes(data))
-            return
-        await super().handle(event)
-        if type(event) is StreamClosed:
-            # Not when the app ended the response itself: then this runs inside the app's
-            # own send, and a cancel would land in hypercorn's connection recycling.
-            if self._on_close is not None and self.state != ASGIHTTPState.CLOSED:
-                self._on_close.cancel()
-            # The extensions refer back to this stream (a cycle the young-generation GC
-            # would leave holding a whole segment through the sink): break it now.
-            self.scope["extensions"].pop(DISCONNECT_EXTENSION, None)
-            self.scope["extensions"].pop(BODY_EXTENSION, None)
-            self._sink = None
-            self._on_close = None
-        elif type(event) is StreamRequest:
-            # Offered once the scope exists and before the app first runs (spawning
-            # does not yield); an app that misses them uses receive() as usual.
-            extensions = self.scope["extensions"]
-            if _bodyless(event):
-                extensions[DISCONNECT_EXTENSION] = {"cancel_on_close": self._watch}
-            else:
-                extensions[BODY_EXTENSION] = {"take_body": self._take_body}
-
-    def _take_body(self, sink: Callable[[bytes], None]) -> bool:
-        """Hand the rest of the request body to ``sink`` as it is parsed.
-
-        Refused (False) while body messages wait in the app's queue, so that no chunk
-        can overtake another. The end of the body and a disconnect still arrive through
-        ``receive()``. ``sink`` runs in the connection's reader task and must not block.
-        """
-        queue = getattr(self.app_put, "__self__", None)
-        if self.closed or not isinstance(queue, trio.MemorySendChannel):
-            return False
-        if queue.statistics().current_buffer_used:
-            return False
-        self._sink = sink
-        return True
-
-    def _watch(self, scope: trio.CancelScope) -> None:
-        """Cancel ``scope`` when the client goes (instead of a task reading receive())."""
-        self._on_close = scope
-        if self.closed:
-            scope.cancel()
 
     async def app_send(self, message: Any) -> None:
         if message is not None:
@@ -581,15 +514,6 @@ class FastHTTPStream(HTTPStream):
         self.state = ASGIHTTPState.CLOSED
         await self.config.log.access(self.scope, self.response, _elapsed(self))
         await self.send(StreamClosed(stream_id=self.stream_id))
-
-
-def _bodyless(request: StreamRequest) -> bool:
-    """True if the request can carry no body (no Content-Length or Transfer-Encoding)."""
-    for name, value in request.headers:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
-            return False
-    return True
 
 
 def _elapsed(stream: HTTPStream) -> float:

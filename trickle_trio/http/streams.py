@@ -15,7 +15,6 @@ Imports: trio, hypercorn's ASGI types, ``core``, ``channels``, and the sibling h
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,8 +23,7 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
-from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .fastpath import BODY_EXTENSION, DISCONNECT_EXTENSION
+from ..publishing import PublisherGone, PublishOutcome, SegmentWriter
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -88,15 +86,7 @@ class SegmentStreams:
             if channel is None:
                 await self._error(send, 404, wire.STREAM_NOT_FOUND)
                 return
-            watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-            await serve_subscriber(
-                channel,
-                seq,
-                receive,
-                send,
-                self.state,
-                cancel_on_close=watch["cancel_on_close"] if watch else None,
-            )
+            await serve_subscriber(channel, seq, receive, send, self.state)
             return
 
         if seq < wire.SEQ_NEXT:
@@ -119,15 +109,7 @@ class SegmentStreams:
             await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
             return
         reset = bool(header_value(scope, b"lp-trickle-reset"))
-        sink = scope.get("extensions", {}).get(BODY_EXTENSION)
-        await serve_publisher(
-            channel,
-            seq,
-            receive,
-            send,
-            reset=reset,
-            take_body=sink["take_body"] if sink else None,
-        )
+        await serve_publisher(channel, seq, receive, send, reset=reset)
 
     async def _error(
         self,
@@ -184,7 +166,6 @@ async def serve_publisher(
     send: ASGISendCallable,
     *,
     reset: bool = False,
-    take_body: TakeBody | None = None,
 ) -> None:
     """Stream a POST body into segment ``seq`` (``-1`` = next write) and answer it.
 
@@ -209,7 +190,7 @@ async def serve_publisher(
         writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
         outcome = PublishOutcome.CHANNEL_CLOSED
         with scope:
-            outcome = await writer.pump(_body_reader(receive), take_body)
+            outcome = await writer.pump(_body_reader(receive))
         await _answer_publisher(send, channel, writer.seq, outcome)
 
 
@@ -258,8 +239,6 @@ async def serve_subscriber(
     receive: ASGIReceiveCallable,
     send: ASGISendCallable,
     state: ServerState | None = None,
-    *,
-    cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -272,9 +251,7 @@ async def serve_subscriber(
     empty 200 + ``Lp-Trickle-Closed`` if nothing was sent yet). A client that goes away
     cancels the handler at once; nothing more is sent. While the server drains
     (``state.draining``) the terminal response also says ``Connection: close``, so that
-    no idle keep-alive connection holds hypercorn's shutdown up. The client leaving is
-    noticed through ``cancel_on_close`` when the server offers it (the fast path's
-    ``DISCONNECT_EXTENSION``), else by a task reading ``receive()``.
+    no idle keep-alive connection holds hypercorn's shutdown up.
     """
     try:
         lease = channel.subscribers.lease()
@@ -290,11 +267,6 @@ async def serve_subscriber(
         found = channel.segment_for_read(seq)
         if found.segment is None:
             await _answer_missing(send, channel, found)
-            return
-        if cancel_on_close is not None:
-            with trio.CancelScope() as gone:
-                cancel_on_close(gone)
-                await _stream_segment(send, channel, found, scope, state, arrived)
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
