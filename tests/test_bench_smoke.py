@@ -201,3 +201,15 @@ async def test_sync_reactor_parser_parses_any_split() -> None:
         assert bodies == [payload, b"hello"]
         a.close()
         b.close()
+
+
+def test_live_spreads_segment_boundaries_unless_aligned() -> None:
+    from bench.scenarios.live import LiveConfig, first_segment_chunks
+
+    spread = LiveConfig(channels=200)
+    firsts = [first_segment_chunks(spread, c) for c in range(200)]
+    assert all(f is not None and 1 <= f <= spread.chunks_per_segment for f in firsts)
+    assert len(set(firsts)) > spread.chunks_per_segment // 2  # spread, not one phase
+    assert firsts == [first_segment_chunks(spread, c) for c in range(200)]  # repeatable
+    aligned = LiveConfig(channels=200, aligned_segments=True)
+    assert {first_segment_chunks(aligned, c) for c in range(200)} == {None}

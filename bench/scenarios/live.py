@@ -155,6 +155,15 @@ def progress_line(config: LiveConfig, totals: list[int], elapsed: float) -> str:
 # -- worker side -------------------------------------------------------------------------
 
 
+def first_segment_chunks(config: LiveConfig, channel: int) -> int | None:
+    """Chunks in channel ``channel``'s first segment: random (fixed per channel) so that
+    the channels' segment boundaries spread over one segment; None (a full segment)
+    with ``aligned_segments``."""
+    if config.aligned_segments:
+        return None
+    return random.Random(-1 - channel).randint(1, config.chunks_per_segment)
+
+
 def pace_of(config: LiveConfig) -> Pace:
     return Pace(config.chunk_bytes, config.chunks_per_segment, config.interval, config.mime)
 
@@ -168,10 +177,7 @@ async def run_worker(ctl: Control) -> dict[str, Any]:
             state = ChannelState(c, f"{ctl.job.run_id}-{c}")
             # Random phases within one interval: channels don't all write in the same ms.
             phase = random.Random(c).uniform(0, config.interval)
-            first_chunks = None
-            if not config.aligned_segments:  # boundaries spread over one segment
-                first_chunks = random.Random(-1 - c).randint(1, config.chunks_per_segment)
-            engine.add_channel(state, config.subscribers, phase, first_chunks)
+            engine.add_channel(state, config.subscribers, phase, first_segment_chunks(config, c))
         await engine.set_up()
         t0 = await ctl.ready()
         for pub in engine.publishers:
