@@ -46,7 +46,7 @@ from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Request as StreamRequest
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -431,7 +431,7 @@ class FastH11Protocol(H11Protocol):
             self.client,
             self.server,
             self.stream_send,
-            1,
+            STREAM_ID,
         )
         if self.config.h11_pass_raw_headers:
             headers = request.headers.raw_items()
@@ -439,7 +439,7 @@ class FastH11Protocol(H11Protocol):
             headers = list(request.headers)
         await self.stream.handle(
             StreamRequest(
-                stream_id=1,
+                stream_id=STREAM_ID,
                 headers=headers,
                 http_version=request.http_version.decode(),
                 method=request.method.decode("ascii").upper(),
