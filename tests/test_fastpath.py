@@ -199,6 +199,29 @@ async def test_one_connection_carries_every_kind_of_answer(
         await conn.aclose()
 
 
+async def _read_until_closed(stream: trio.abc.Stream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+async def test_pipelined_requests_are_answered_in_order(trickle_server: RunningServer) -> None:
+    with trio.fail_after(LIMIT):
+        await call(trickle_server.url, "POST", "/cam/0", b"first")
+        await call(trickle_server.url, "POST", "/cam/1", b"second")
+        conn = await connect(trickle_server.url)
+        host = conn.host.encode()
+        ask = b"GET /cam/%d HTTP/1.1\r\nHost: %s\r\n\r\n"
+        last = b"GET /cam/1 HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host
+        await conn.stream.send_all(ask % (0, host) + last)  # both before any answer
+        data = await _read_until_closed(conn.stream)  # Connection: close ends it
+        await conn.aclose()
+    assert data.count(b"HTTP/1.1 200 ") == 2
+    assert data.index(b"first") < data.index(b"second")
+    assert b"connection: close" in data.lower()
+
+
 async def _closed_by_server(stream: trio.abc.Stream) -> bool:
     """Read until the server closes the connection (True) or sends something (False)."""
     return await stream.receive_some(1024) == b""
