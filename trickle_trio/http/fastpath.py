@@ -60,7 +60,7 @@ READ_SIZE = 64 * 1024
 #: At most this many writes in a row complete without a scheduler pass.
 YIELD_EVERY = 16
 #: hypercorn versions this module was tested with (it subclasses their internals).
-TESTED_VERSIONS = ("0.17.", "0.18.")
+TESTED_VERSIONS = ("0.18.",)
 
 _FAST_APPS: weakref.WeakSet[Any] = weakref.WeakSet()
 
