@@ -37,10 +37,10 @@ from ..core.errors import (
     TrickleError,
 )
 from ..local import LocalPublisher, LocalSegment, LocalSubscriber
+from ._state import PublisherState, SubscriberState
 from ._util import single_error
 from .http import Headers
 from .publisher_segment import fails_publisher
-from .stats import PublisherCounts, PublisherStats, SubscriberCounts, SubscriberStats
 from .subscriber import OnGap
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class _NextSegment:
         await self._segment.__aexit__(exc_type, exc, tb)
 
 
-class InProcessPublisher:
+class InProcessPublisher(PublisherState):
     """Publishes channel ``channel`` of ``registry`` in-process; the API of
     :class:`~trickle_trio.client.Publisher`. Made by :func:`open_local_publisher`."""
 
@@ -274,8 +274,7 @@ class InProcessPublisher:
         reset: bool = False,
         delete_on_close: bool = True,
     ) -> None:
-        if start < wire.SEQ_NEXT:
-            raise ValueError(f"start must be >= 0 or -1, not {start}")
+        super().__init__(start)
         self.channel = channel
         self.mime_type = mime_type
         self._registry = registry
@@ -284,29 +283,8 @@ class InProcessPublisher:
         self._start_seq = start
         self._reset = reset
         self._delete_on_close = delete_on_close
-        self._seq = max(start, 0)
         self._segments: list[InProcessPublisherSegment] = []
-        self._failure: TrickleError | None = None
-        self._closing = False
         self._started = False
-        self._counts = PublisherCounts()
-        self._opened_at = trio.current_time()
-
-    @property
-    def next_seq(self) -> int:
-        return self._seq
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
-    def stats(self) -> PublisherStats:
-        return PublisherStats.of(
-            self._counts,
-            seq=self._seq,
-            elapsed_s=trio.current_time() - self._opened_at,
-            terminal_error=None if self._failure is None else repr(self._failure),
-        )
 
     async def create(self) -> None:
         """Create the channel (a no-op if it exists)."""
@@ -431,7 +409,7 @@ class InProcessSubscriberSegment:
         self._first = None
 
 
-class InProcessSubscriber:
+class InProcessSubscriber(SubscriberState):
     """Reads channel ``channel`` of ``registry`` in-process; the API of
     :class:`~trickle_trio.client.Subscriber`. Made by :func:`open_local_subscriber`."""
 
@@ -447,41 +425,14 @@ class InProcessSubscriber:
     ) -> None:
         if on_gap not in ("raise", "jump"):
             raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
+        super().__init__(start)
         self.channel = channel
         self._registry = registry
         self._local = LocalSubscriber(registry, channel)
         self._on_gap = on_gap
         self._max_errors = max_consecutive_errors
         self._retry_delay = retry_delay
-        self._seq = start
-        self._expected: int | None = None
-        self._latest = -1
         self._seen: Channel | None = None
-        self._ended = False
-        self._closed = False
-        self._counts = SubscriberCounts()
-        self._opened_at = trio.current_time()
-
-    @property
-    def seq(self) -> int:
-        return self._seq
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def stats(self) -> SubscriberStats:
-        return SubscriberStats.of(
-            self._counts,
-            latest_seq=self._latest,
-            seq=self._seq,
-            elapsed_s=trio.current_time() - self._opened_at,
-        )
-
-    def set_seq(self, seq: int) -> None:  # sync on purpose
-        self._seq = seq
-        self._expected = None
-        self._ended = False
 
     def __aiter__(self) -> Self:
         return self

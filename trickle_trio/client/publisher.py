@@ -34,6 +34,7 @@ import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, TrickleError
+from ._state import PublisherState
 from ._util import answer_error, header_int, single_error
 from .http import (
     Exchange,
@@ -50,7 +51,6 @@ from .publisher_segment import (
     _Post,
     fails_publisher,
 )
-from .stats import PublisherCounts, PublisherStats
 from .transport import Transport
 
 __all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 PRECONNECT_RETRY_DELAY: Final = 1.0
 
 
-class Publisher:
+class Publisher(PublisherState):
     """Publishes the segments of one channel over HTTP. Made by :func:`open_publisher`.
 
     Attributes:
@@ -83,8 +83,7 @@ class Publisher:
         delete_on_close: bool = True,
         close_timeout: float = 5.0,
     ) -> None:
-        if start < wire.SEQ_NEXT:
-            raise ValueError(f"start must be >= 0 or -1, not {start}")
+        super().__init__(start)
         if not mime_type.isprintable():
             raise ValueError(f"not a MIME type: {mime_type!r}")
         self.url = url.rstrip("/")
@@ -96,34 +95,11 @@ class Publisher:
         self._start_seq = start
         self._reset = reset
         self._delete_on_close = delete_on_close
-        self._seq = max(start, 0)
         self._preconnect: _Post | None = None
         self._posts: set[_Post] = set()
-        self._failure: TrickleError | None = None
-        self._closing = False
-        self._counts = PublisherCounts()
-        self._opened_at = trio.current_time()
 
     def __repr__(self) -> str:
         return f"<Publisher {self.url} next_seq={self._seq}>"
-
-    @property
-    def next_seq(self) -> int:
-        """The seq the next segment will get (the preconnect's)."""
-        return self._seq
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
-    def stats(self) -> PublisherStats:
-        """A snapshot of the counters."""
-        return PublisherStats.of(
-            self._counts,
-            seq=self._seq,
-            elapsed_s=trio.current_time() - self._opened_at,
-            terminal_error=None if self._failure is None else repr(self._failure),
-        )
 
     async def create(self) -> None:
         """``POST {url}`` with ``Expect-Content``: create the channel (a no-op if it exists).

@@ -31,6 +31,7 @@ import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
+from ._state import SubscriberState
 from ._util import RETRYABLE_STATUSES, header_int, single_error
 from .http import (
     Exchange,
@@ -41,7 +42,6 @@ from .http import (
     TransportTimeout,
     split_url,
 )
-from .stats import SubscriberCounts, SubscriberStats
 from .transport import Transport
 
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
@@ -153,7 +153,7 @@ class SubscriberSegment:
         await self._exchange.aclose()
 
 
-class Subscriber:
+class Subscriber(SubscriberState):
     """Reads the segments of one channel over HTTP. Made by :func:`open_subscriber`.
 
     ``async for segment in subscriber`` (or ``await subscriber.next()``, ``None`` at the
@@ -177,6 +177,7 @@ class Subscriber:
     ) -> None:
         if on_gap not in ("raise", "jump"):
             raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
+        super().__init__(start)
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self._nursery = nursery
@@ -185,39 +186,13 @@ class Subscriber:
         self._preconnect_timeout = preconnect_timeout
         self._max_errors = max_consecutive_errors
         self._retry_delay = retry_delay
-        self._seq = start
-        self._expected: int | None = None
-        self._latest = -1
         self._preconnect: _Get | None = None
         self._discarded: list[_Get] = []
         self._current: SubscriberSegment | None = None
         self._content_type = ""
-        self._ended = False
-        self._closed = False
-        self._counts = SubscriberCounts()
-        self._opened_at = trio.current_time()
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.url} seq={self._seq}>"
-
-    @property
-    def seq(self) -> int:
-        """The seq the next segment will be read from (-1/-2 until the first answer)."""
-        return self._seq
-
-    @property
-    def ended(self) -> bool:
-        """The channel was closed (``Lp-Trickle-Closed``): the iteration is over."""
-        return self._ended
-
-    def stats(self) -> SubscriberStats:
-        """A snapshot of the counters."""
-        return SubscriberStats.of(
-            self._counts,
-            latest_seq=self._latest,
-            seq=self._seq,
-            elapsed_s=trio.current_time() - self._opened_at,
-        )
 
     def set_seq(self, seq: int) -> None:  # sync on purpose
         """Read ``seq`` next (``-1`` next, ``-2`` current, ``-N``, or a seq).
@@ -225,9 +200,7 @@ class Subscriber:
         A preconnect for another seq is cancelled; the segment being read is left to the
         caller. A subscription that had ended goes on.
         """
-        self._seq = seq
-        self._expected = None
-        self._ended = False
+        super().set_seq(seq)
         if self._preconnect is not None and self._preconnect.seq != seq:
             self._discard(self._preconnect)
             self._preconnect = None
