@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import h11
 import pytest
 import trio
 
@@ -118,8 +119,174 @@ async def test_a_segment_larger_than_the_socket_buffers_arrives_whole(
     assert len(writes.taken) > 1
 
 
+def _chunked(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+
+
+@dataclasses.dataclass
+class Takeovers:
+    """What each offer to hand a body to the connection's reader answered, and how many
+    body bytes the fast path's own chunked decoder (not h11) went through."""
+
+    answers: list[bool] = dataclasses.field(default_factory=list)
+    decoded: int = 0
+
+
+@pytest.fixture
+def takeovers(monkeypatch: pytest.MonkeyPatch) -> Takeovers:
+    record = Takeovers()
+    take = fastpath.FastHTTPStream._take_body
+    feed = fastpath.ChunkedBody.feed
+
+    def recording_take(self: fastpath.FastHTTPStream, sink: Any) -> bool:
+        record.answers.append(take(self, sink))
+        return record.answers[-1]
+
+    def recording_feed(self: fastpath.ChunkedBody, data: bytes, deliver: Any) -> Any:
+        record.decoded += len(data)
+        return feed(self, data, deliver)
+
+    monkeypatch.setattr(fastpath.FastHTTPStream, "_take_body", recording_take)
+    monkeypatch.setattr(fastpath.ChunkedBody, "feed", recording_feed)
+    return record
+
+
+def _stored(server: RunningServer, name: str, seq: int) -> int:
+    channel = server.registry.get(name)
+    segment = channel.segment_in_window(seq) if channel is not None else None
+    return segment.size if segment is not None else -1
+
+
+async def _taken_publisher(url: str, takeovers: Takeovers, path: str = "/cam/0") -> Any:
+    """A chunked POST whose body the server's reader has taken over."""
+    conn = await connect(url)
+    await conn.start("POST", path)
+    await conn.send(b"first;")
+    await until(lambda: True in takeovers.answers)
+    return conn
+
+
+async def test_a_taken_body_is_decoded_by_the_reader(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    pieces = [b"%04d;" % n for n in range(50)]
+    with trio.fail_after(LIMIT):
+        conn = await _taken_publisher(trickle_server.url, takeovers)
+        for piece in pieces:
+            await conn.send(piece)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        assert (await subscriber.head()).status == 200
+        await conn.end()
+        assert (await conn.response()).status == 200
+        reply = await subscriber.response()
+        # the same connection carries on after the body (h11 read the last chunk)
+        conn.h11.start_next_cycle()
+        del conn.reply
+        await conn.start("GET", "/cam/0")
+        again = await conn.response()
+        await conn.aclose()
+        await subscriber.aclose()
+    assert reply.body == again.body == b"first;" + b"".join(pieces)
+    assert takeovers.decoded >= len(_chunked(pieces))
+
+
+async def test_the_reader_takes_over_only_between_two_chunks(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    # h11 reads a chunk up to its payload's end and still expects the CRLF after it:
+    # the decoder must not start there (nor in the middle of a chunk).
+    with trio.fail_after(LIMIT):
+        conn = await connect(trickle_server.url)
+        await conn.start("POST", "/cam/0")
+        conn.h11.send(h11.Data(data=b"first;"))  # keep the client's h11 state in step
+        await conn.stream.send_all(b"6\r\nfirst;")
+        await until(lambda: True in takeovers.answers)
+        await conn.stream.send_all(b"\r\n9\r\nsecond")  # CRLF, and part of a chunk
+        await until(lambda: _stored(trickle_server, "cam", 0) == 12)
+        await conn.stream.send_all(b";..\r\n1")  # the rest of it, and h11 holds a "1"
+        await until(lambda: _stored(trickle_server, "cam", 0) == 15)
+        await conn.stream.send_all(b"6\r\n" + b"x" * 22 + b"\r\n")  # a 0x16-byte chunk
+        await until(lambda: _stored(trickle_server, "cam", 0) == 37)
+        assert takeovers.decoded == 0
+        conn.h11.send(h11.Data(data=b"second;..x"))
+        await conn.send(b"third;")
+        await conn.end()
+        assert (await conn.response()).status == 200
+        await conn.aclose()
+        stored = await call(trickle_server.url, "GET", "/cam/0")
+    assert stored.body == b"first;second;.." + b"x" * 22 + b"third;"
+    assert takeovers.decoded > 0
+
+
+async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    # Thousands of chunks in one burst: hypercorn queues some for the app before the
+    # body is handed over; none may overtake another.
+    pieces = [b"%06d;" % n for n in range(3000)]
+    with trio.fail_after(LIMIT):
+        conn = await connect(trickle_server.url)
+        await conn.start("POST", "/cam/0")
+        await conn.stream.send_all(_chunked(pieces) + b"0\r\n\r\n")
+        conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
+        conn.h11.send(h11.EndOfMessage())
+        assert (await conn.response()).status == 200
+        await conn.aclose()
+        reply = await call(trickle_server.url, "GET", "/cam/0")
+    assert reply.body == b"".join(pieces)
+    assert takeovers.answers[0] is False  # refused while chunks were queued,
+    assert takeovers.answers[-1] is True  # then taken
+
+
+async def test_the_byte_limit_holds_when_the_reader_writes_the_body(
+    takeovers: Takeovers,
+) -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, max_segment_bytes=1000)
+    async with open_server(settings) as server:
+        with trio.fail_after(LIMIT):
+            conn = await _taken_publisher(server.url, takeovers)
+            # over the limit in one write, and the body never ends
+            await conn.stream.send_all(_chunked([b"b" * 100] * 49))
+            reply = await conn.head()
+            assert reply.status == 413  # at once, not at the end of the body
+            await conn.aclose()
+            stored = await call(server.url, "GET", "/cam/0")
+    assert stored.body == b"first;" + b"b" * 994
+
+
+async def test_bad_framing_in_a_taken_body_is_a_400_and_keeps_the_bytes_before_it(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    with trio.fail_after(LIMIT):
+        conn = await _taken_publisher(trickle_server.url, takeovers)
+        await conn.stream.send_all(b"5\r\nsecond\r\n")  # one byte too many
+        reply = await conn.head()
+        assert reply.status == 400
+        assert await conn.stream.receive_some(100) == b""  # and the connection closed
+        await conn.aclose()
+        stored = await call(trickle_server.url, "GET", "/cam/0")
+    assert stored.body == b"first;secon"
+    assert takeovers.decoded > 0
+
+
+async def test_a_publisher_gone_mid_chunk_leaves_what_arrived(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    with trio.fail_after(LIMIT):
+        conn = await _taken_publisher(trickle_server.url, takeovers)
+        await conn.stream.send_all(b"10\r\nhalf")  # 16 announced, 4 sent
+        await until(lambda: takeovers.decoded > 0)
+        await conn.aclose()
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        reply = await subscriber.response()
+        await subscriber.aclose()
+    assert reply.body == b"first;half"
+
+
 async def test_a_finished_request_is_freed_without_the_cycle_collector(
-    trickle_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+    trickle_server: RunningServer, monkeypatch: pytest.MonkeyPatch, takeovers: Takeovers
 ) -> None:
     # Streams (and what the app left in their scope) must go by refcount: the shipped
     # GC thresholds leave cycles uncollected for a long time.
@@ -138,8 +305,8 @@ async def test_a_finished_request_is_freed_without_the_cycle_collector(
             publisher = await connect(trickle_server.url)
             await publisher.start("POST", "/cam/0")
             await publisher.send(b"first")
-            await until(lambda: "cam" in trickle_server.registry)
-            await publisher.send(b"second")
+            await until(lambda: True in takeovers.answers)
+            await publisher.send(b"second")  # through the sink
             await publisher.end()
             assert (await publisher.response()).status == 200
             assert (await call(trickle_server.url, "GET", "/cam/0")).body == b"firstsecond"

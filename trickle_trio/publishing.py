@@ -21,7 +21,7 @@ from .channels import Channel, Segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter"]
+__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter", "TakeBody"]
 
 
 class PublishOutcome(enum.Enum):
@@ -98,8 +98,19 @@ class SegmentWriter:
         self.metrics.bytes_in += len(data)
         self.segment.append(data)
 
-    async def pump(self, read_chunk: Callable[[], Awaitable[bytes | None]]) -> PublishOutcome:
+    async def pump(
+        self,
+        read_chunk: Callable[[], Awaitable[bytes | None]],
+        take_body: TakeBody | None = None,
+    ) -> PublishOutcome:
         """Copy chunks from ``read_chunk`` (None = end of body) into the segment.
+
+        With ``take_body`` (offered by the server's fast path), once the first byte is
+        in, the server is asked to write the rest of the body itself, as its reader
+        parses it (:meth:`write` is synchronous): no queue and no wake-up of this task
+        per chunk; ``read_chunk`` then only reports the end or a broken connection.
+        Until the server accepts (it refuses while chunks wait in ``read_chunk``'s
+        queue, so that none overtakes another), chunks come through ``read_chunk``.
 
         While no byte has arrived, closing the segment from elsewhere releases the wait
         (``RELEASED``), and so does ``preconnect_timeout`` (``TIMED_OUT``).
@@ -128,9 +139,24 @@ class SegmentWriter:
                 outcome = PublishOutcome.EMPTY
                 return outcome
             self.write(first)
-            while (chunk := await read_chunk()) is not None:
-                if chunk:
-                    self.write(chunk)
+            sink = _Sink(self) if take_body is not None else None
+            try:
+                with trio.CancelScope() as stop:
+                    if sink is not None:
+                        sink.stop = stop
+                    while True:
+                        if sink is not None and take_body is not None and not sink.taken:
+                            sink.taken = take_body(sink)
+                        chunk = await read_chunk()
+                        if chunk is None:
+                            break
+                        if chunk:
+                            self.write(chunk)
+            finally:
+                if sink is not None:
+                    sink.close()
+            if sink is not None and sink.error is not None:
+                raise sink.error
             outcome = PublishOutcome.COMPLETE
             return outcome
         except PublisherGone:
@@ -184,6 +210,43 @@ class SegmentWriter:
             self.bytes_written,
             duration,
         )
+
+
+#: ``take_body(sink)``: the server calls ``sink(chunk)`` for the rest of the body, from
+#: its connection's reader, instead of queueing the chunks (True); or not yet (False).
+TakeBody = Callable[[Callable[[bytes], None]], bool]
+
+
+class _Sink:
+    """Body chunks written by the server's reader; a limit hit stops the pump.
+
+    Closed when the pump ends (any way): later chunks are dropped, as a queue nobody
+    reads would drop them.
+    """
+
+    __slots__ = ("error", "stop", "taken", "writer")
+
+    def __init__(self, writer: SegmentWriter) -> None:
+        self.writer: SegmentWriter | None = writer
+        self.taken = False
+        self.error: _TooLarge | None = None
+        self.stop: trio.CancelScope | None = None
+
+    def __call__(self, data: bytes) -> None:  # sync: runs in the connection's reader
+        writer = self.writer
+        if writer is None or not data:
+            return
+        try:
+            writer.write(data)
+        except _TooLarge as exc:
+            self.error = exc
+            self.writer = None  # the rest of the body is dropped
+            if self.stop is not None:
+                self.stop.cancel()
+
+    def close(self) -> None:
+        self.writer = None
+        self.stop = None
 
 
 _ORDINARY = frozenset({PublishOutcome.COMPLETE, PublishOutcome.EMPTY, PublishOutcome.RELEASED})

@@ -19,7 +19,12 @@ subclasses hypercorn's own classes, without editing them, so that:
   last read drained is waited on before it is read (no read failing with EAGAIN for
   every chunk of a live stream);
 * a write that completes at once does not also pass through the scheduler (every
-  ``YIELD_EVERY``-th does): the app yields anyway while it waits for its next chunk.
+  ``YIELD_EVERY``-th does): the app yields anyway while it waits for its next chunk;
+* a request body the app takes over (ASGI extension :data:`BODY_EXTENSION`; a segment
+  POST does after its first byte) is handed to the app's callback by the connection's
+  reader, with no ``http.request`` message, queue or task switch per chunk; once h11
+  stands between two chunks, :class:`~trickle_trio.core.chunked.ChunkedBody` decodes the
+  chunked framing in its place up to the last chunk, which goes back to h11.
 
 Everything else (parsing, 100-continue, errors, h2, WebSocket upgrades, shutdown) is
 hypercorn's code. :func:`install` points ``hypercorn.trio.run.TCPServer`` at
@@ -34,13 +39,14 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h11
 import hypercorn.trio.run as hypercorn_run
 import trio
+from h11._readers import ChunkedReader
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
@@ -53,12 +59,21 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import build_and_validate_headers, parse_socket_addr, suppress_body
 
+from ..core.chunked import BadChunk, ChunkedBody
+
 logger = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read, as hypercorn (256 KiB measured no faster).
 READ_SIZE = 64 * 1024
 #: At most this many writes in a row complete without a scheduler pass.
 YIELD_EVERY = 16
+#: ASGI scope extension of a POST: ``{"take_body": f}``; ``f(sink)`` makes the server call
+#: ``sink(chunk)`` (synchronously, from the connection's reader) for the rest of the body
+#: instead of queueing ``http.request`` messages, and returns True; or returns False
+#: (nothing changes) while body messages wait in the app's queue, so that no chunk can
+#: overtake another. The end of the body and a disconnect still come through
+#: ``receive()``. Chunks that arrive after the stream closed are dropped.
+BODY_EXTENSION = "trickle.take_body"
 #: hypercorn versions this module was tested with (it subclasses their internals).
 TESTED_VERSIONS = ("0.18.",)
 
@@ -385,7 +400,48 @@ class FastProtocolWrapper(ProtocolWrapper):
 
 
 class FastH11Protocol(H11Protocol):
-    """hypercorn's H11Protocol, writing each :class:`Batch` in one go without copies."""
+    """hypercorn's H11Protocol, writing each :class:`Batch` in one go without copies,
+    and decoding a taken-over chunked body itself (see :data:`BODY_EXTENSION`)."""
+
+    _body: ChunkedBody | None = None
+
+    async def handle(self, event: Event) -> None:
+        if type(event) is RawData:
+            body = self._body
+            if body is None and self._can_take_body():
+                body = self._body = ChunkedBody(self.config.h11_max_incomplete_size)
+            if body is not None:
+                try:
+                    rest = body.feed(event.data, self._deliver)
+                except BadChunk:
+                    self._body = None
+                    # As hypercorn answers h11's RemoteProtocolError.
+                    if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                        await self._send_error_response(400)
+                    await self.send(Closed())
+                    return
+                if rest is None:
+                    return
+                self._body = None  # the last chunk: h11 reads the rest
+                event = RawData(data=rest)
+        await super().handle(event)
+
+    def _can_take_body(self) -> bool:
+        stream = self.stream
+        if type(stream) is not FastHTTPStream or stream.sink is None:
+            return False
+        connection = self.connection
+        return (
+            type(connection) is h11.Connection
+            and connection.their_state is h11.SEND_BODY
+            and not connection.they_are_waiting_for_100_continue
+            and _between_chunks(connection)
+        )
+
+    def _deliver(self, data: bytes) -> None:
+        stream = self.stream
+        if type(stream) is FastHTTPStream:
+            stream.deliver(data)
 
     async def stream_send(self, event: StreamEvent) -> None:
         if type(event) is not Batch:
@@ -451,6 +507,22 @@ class FastH11Protocol(H11Protocol):
         await self.context.mark_request()
 
 
+def _between_chunks(connection: h11.Connection) -> bool:
+    """True when h11 reads a chunked body, stands between two chunks, holds no bytes.
+
+    Reads h11's private reader state (h11 0.16); if that is not there, False: the body
+    then stays with h11 (still handed to the sink, only not decoded here).
+    """
+    reader = getattr(connection, "_reader", None)
+    return (
+        type(reader) is ChunkedReader
+        and getattr(reader, "_bytes_in_chunk", None) == 0
+        and getattr(reader, "_bytes_to_discard", None) == b""
+        and getattr(reader, "_reading_trailer", None) is False
+        and not connection.trailing_data[0]
+    )
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     for name, value in request.headers:
         if name == b"upgrade" or (name == b"connection" and b"upgrade" in value.lower()):
@@ -467,6 +539,38 @@ class FastHTTPStream(HTTPStream):
     """
 
     _held: Response | None = None
+    #: Where the body goes once the app took it over (``BODY_EXTENSION``).
+    sink: Callable[[bytes], None] | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        if type(event) is Body and self.sink is not None:
+            self.deliver(event.data if type(event.data) is bytes else bytes(event.data))
+            return
+        await super().handle(event)
+        if type(event) is StreamRequest:
+            if event.method == "POST" and not self.closed:
+                # The scope exists and the app has not run yet (spawning does not yield).
+                self.scope["extensions"][BODY_EXTENSION] = {"take_body": self._take_body}
+        elif type(event) is StreamClosed:
+            # The extension refers back to this stream, and the sink to a segment: break
+            # the cycle now, or a segment would wait for the cycle collector.
+            self.scope["extensions"].pop(BODY_EXTENSION, None)
+            self.sink = None
+
+    def deliver(self, data: bytes) -> None:
+        """Hand a chunk of the request body to the app's sink (dropped once closed)."""
+        sink = self.sink
+        if sink is not None and not self.closed:
+            sink(data)
+
+    def _take_body(self, sink: Callable[[bytes], None]) -> bool:
+        queue = getattr(self.app_put, "__self__", None)
+        if self.closed or not isinstance(queue, trio.MemorySendChannel):
+            return False
+        if queue.statistics().current_buffer_used:
+            return False
+        self.sink = sink
+        return True
 
     async def app_send(self, message: Any) -> None:
         if message is not None:

@@ -23,7 +23,8 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
-from ..publishing import PublisherGone, PublishOutcome, SegmentWriter
+from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
+from .fastpath import BODY_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -109,7 +110,9 @@ class SegmentStreams:
             await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
             return
         reset = bool(header_value(scope, b"lp-trickle-reset"))
-        await serve_publisher(channel, seq, receive, send, reset=reset)
+        offer = scope.get("extensions", {}).get(BODY_EXTENSION)
+        take_body = offer["take_body"] if offer else None
+        await serve_publisher(channel, seq, receive, send, reset=reset, take_body=take_body)
 
     async def _error(
         self,
@@ -166,6 +169,7 @@ async def serve_publisher(
     send: ASGISendCallable,
     *,
     reset: bool = False,
+    take_body: TakeBody | None = None,
 ) -> None:
     """Stream a POST body into segment ``seq`` (``-1`` = next write) and answer it.
 
@@ -174,6 +178,8 @@ async def serve_publisher(
     the channel is closed. Nothing is sent to a publisher whose connection broke. Limits:
     413 when the segment reached ``max_segment_bytes`` (closed at the limit), 408 when a
     preconnect idled past ``preconnect_timeout``, 429 for too many publishers.
+    ``take_body`` is the fast path's offer to write the body into the segment from the
+    connection's reader (see ``SegmentWriter.pump``).
 
     Cancellation: by the channel's teardown (via the lease): answered as closed. Any
     other cancellation propagates after the segment is closed with what was written.
@@ -190,7 +196,7 @@ async def serve_publisher(
         writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
         outcome = PublishOutcome.CHANNEL_CLOSED
         with scope:
-            outcome = await writer.pump(_body_reader(receive))
+            outcome = await writer.pump(_body_reader(receive), take_body)
         await _answer_publisher(send, channel, writer.seq, outcome)
 
 
