@@ -39,7 +39,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ import h11
 import hypercorn.trio.run as hypercorn_run
 import trio
 from h11._readers import ChunkedReader
+from h11._writers import ChunkedWriter
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
@@ -184,6 +185,7 @@ class FastTCPServer(TCPServer):
                     server,
                     self.protocol_send,
                     alpn_protocol,
+                    write=self._write,
                 )
                 await self.protocol.initiate()
                 self._set_idle(idle=True)  # as hypercorn: idle until the first request
@@ -379,6 +381,8 @@ class FastProtocolWrapper(ProtocolWrapper):
         server: tuple[str, int] | None,
         send: Any,
         alpn_protocol: str | None = None,
+        *,
+        write: Callable[[Sequence[bytes]], Awaitable[None]] | None = None,
     ) -> None:
         if alpn_protocol == "h2":
             super().__init__(
@@ -397,6 +401,7 @@ class FastProtocolWrapper(ProtocolWrapper):
         self.protocol = FastH11Protocol(
             app, config, context, task_group, state, ssl, client, server, send
         )
+        self.protocol.write_parts = write
 
 
 class FastH11Protocol(H11Protocol):
@@ -404,6 +409,27 @@ class FastH11Protocol(H11Protocol):
     and decoding a taken-over chunked body itself (see :data:`BODY_EXTENSION`)."""
 
     _body: ChunkedBody | None = None
+    #: The connection's writer (``FastTCPServer._write``), for :meth:`send_chunk`.
+    write_parts: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
+
+    async def send_chunk(self, data: bytes) -> None:
+        """Send ``data`` (not empty) as the next chunk of the response being sent.
+
+        With h11 in the middle of a chunked response body (its usual state for a
+        streaming GET), the chunk is framed here and written at once: h11 keeps no
+        state for a chunk of body, so there is nothing to tell it. Otherwise (HTTP/1.0,
+        Content-Length, an error state) it goes through h11 like any other event.
+        """
+        connection = self.connection
+        write = self.write_parts
+        if (
+            write is not None
+            and connection.our_state is h11.SEND_BODY
+            and type(getattr(connection, "_writer", None)) is ChunkedWriter
+        ):
+            await write((b"%x\r\n" % len(data), data, b"\r\n"))
+            return
+        await self.stream_send(Batch(STREAM_ID, (Body(STREAM_ID, data),)))
 
     async def handle(self, event: Event) -> None:
         if type(event) is RawData:
@@ -489,6 +515,7 @@ class FastH11Protocol(H11Protocol):
             self.stream_send,
             STREAM_ID,
         )
+        self.stream.send_chunk = self.send_chunk
         if self.config.h11_pass_raw_headers:
             headers = request.headers.raw_items()
         else:
@@ -539,6 +566,9 @@ class FastHTTPStream(HTTPStream):
     """
 
     _held: Response | None = None
+    _bare = False  # a response without a body (HEAD, 204, 304)
+    #: Writes one chunk of a response body in progress (set by FastH11Protocol).
+    send_chunk: Callable[[bytes], Awaitable[None]] | None = None
     #: Where the body goes once the app took it over (``BODY_EXTENSION``).
     sink: Callable[[bytes], None] | None = None
 
@@ -576,6 +606,12 @@ class FastHTTPStream(HTTPStream):
         if message is not None:
             kind = message["type"]
             if kind == "http.response.body" and self.state == ASGIHTTPState.RESPONSE:
+                # A chunk in the middle of a streaming response: straight to the writer.
+                if self._held is None and message.get("more_body", False) and not self._bare:
+                    body = message.get("body", b"")
+                    if body and not self.closed and self.send_chunk is not None:
+                        await self.send_chunk(body if type(body) is bytes else bytes(body))
+                        return
                 await self._send_body(message)
                 return
             if (
@@ -584,6 +620,7 @@ class FastHTTPStream(HTTPStream):
                 and int(message["status"]) >= 200
             ):
                 self.response = message
+                self._bare = suppress_body(self.scope["method"], int(message["status"]))
                 self._held = Response(
                     stream_id=self.stream_id,
                     headers=build_and_validate_headers(message.get("headers", [])),
