@@ -75,6 +75,10 @@ YIELD_EVERY = 16
 #: overtake another. The end of the body and a disconnect still come through
 #: ``receive()``. Chunks that arrive after the stream closed are dropped.
 BODY_EXTENSION = "trickle.take_body"
+#: ASGI scope extension of a request without a body: ``{"cancel_on_close": f}``;
+#: ``f(cancel_scope)`` has the scope cancelled when the client goes away (instead of a
+#: task waiting in ``receive()`` for ``http.disconnect``).
+DISCONNECT_EXTENSION = "trickle.cancel_on_close"
 #: hypercorn versions this module was tested with (it subclasses their internals).
 TESTED_VERSIONS = ("0.18.",)
 
@@ -484,7 +488,7 @@ class FastH11Protocol(H11Protocol):
                 h11_event = h11.EndOfMessage()
             else:
                 assert type(item) is Response
-                headers = [*item.headers, *self.config.response_headers("h11")]
+                headers = [*item.headers, *_response_headers(self.config)]
                 if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                     headers.append((b"connection", b"close"))
                 h11_event = h11.Response(headers=headers, status_code=item.status_code)
@@ -550,6 +554,19 @@ def _between_chunks(connection: h11.Connection) -> bool:
     )
 
 
+_cached_headers: tuple[Any, int, list[tuple[bytes, bytes]]] | None = None
+
+
+def _response_headers(config: Any) -> list[tuple[bytes, bytes]]:
+    """``config.response_headers("h11")``, rebuilt once a second (its Date header)."""
+    global _cached_headers
+    second = int(time.time())
+    cached = _cached_headers
+    if cached is None or cached[0] is not config or cached[1] != second:
+        cached = _cached_headers = (config, second, config.response_headers("h11"))
+    return cached[2]
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     for name, value in request.headers:
         if name == b"upgrade" or (name == b"connection" and b"upgrade" in value.lower()):
@@ -571,6 +588,8 @@ class FastHTTPStream(HTTPStream):
     send_chunk: Callable[[bytes], Awaitable[None]] | None = None
     #: Where the body goes once the app took it over (``BODY_EXTENSION``).
     sink: Callable[[bytes], None] | None = None
+    #: Cancelled when the client goes away (``DISCONNECT_EXTENSION``).
+    _on_close: trio.CancelScope | None = None
 
     async def handle(self, event: StreamEvent) -> None:
         if type(event) is Body and self.sink is not None:
@@ -578,14 +597,27 @@ class FastHTTPStream(HTTPStream):
             return
         await super().handle(event)
         if type(event) is StreamRequest:
-            if event.method == "POST" and not self.closed:
-                # The scope exists and the app has not run yet (spawning does not yield).
+            # The scope exists and the app has not run yet (spawning does not yield).
+            if self.closed:
+                return
+            if event.method == "POST":
                 self.scope["extensions"][BODY_EXTENSION] = {"take_body": self._take_body}
+            elif _bodyless(event):
+                self.scope["extensions"][DISCONNECT_EXTENSION] = {
+                    "cancel_on_close": self._cancel_on_close
+                }
         elif type(event) is StreamClosed:
-            # The extension refers back to this stream, and the sink to a segment: break
+            # Not when the app ended the response itself: then this runs inside the app's
+            # own send, and a cancel would land in hypercorn's connection recycling.
+            if self._on_close is not None and self.state != ASGIHTTPState.CLOSED:
+                self._on_close.cancel()
+            # The extensions refer back to this stream, and the sink to a segment: break
             # the cycle now, or a segment would wait for the cycle collector.
-            self.scope["extensions"].pop(BODY_EXTENSION, None)
+            extensions = self.scope["extensions"]
+            extensions.pop(BODY_EXTENSION, None)
+            extensions.pop(DISCONNECT_EXTENSION, None)
             self.sink = None
+            self._on_close = None
 
     def deliver(self, data: bytes) -> None:
         """Hand a chunk of the request body to the app's sink (dropped once closed)."""
@@ -601,6 +633,11 @@ class FastHTTPStream(HTTPStream):
             return False
         self.sink = sink
         return True
+
+    def _cancel_on_close(self, scope: trio.CancelScope) -> None:
+        self._on_close = scope
+        if self.closed:
+            scope.cancel()
 
     async def app_send(self, message: Any) -> None:
         if message is not None:
@@ -655,6 +692,15 @@ class FastHTTPStream(HTTPStream):
         self.state = ASGIHTTPState.CLOSED
         await self.config.log.access(self.scope, self.response, _elapsed(self))
         await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def _bodyless(request: StreamRequest) -> bool:
+    """True if the request can carry no body (no Content-Length or Transfer-Encoding)."""
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
+            return False
+    return True
 
 
 def _elapsed(stream: HTTPStream) -> float:

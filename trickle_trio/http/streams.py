@@ -15,6 +15,7 @@ Imports: trio, hypercorn's ASGI types, ``core``, ``channels``, and the sibling h
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,7 +25,7 @@ from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .fastpath import BODY_EXTENSION
+from .fastpath import BODY_EXTENSION, DISCONNECT_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -87,7 +88,15 @@ class SegmentStreams:
             if channel is None:
                 await self._error(send, 404, wire.STREAM_NOT_FOUND)
                 return
-            await serve_subscriber(channel, seq, receive, send, self.state)
+            watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+            await serve_subscriber(
+                channel,
+                seq,
+                receive,
+                send,
+                self.state,
+                cancel_on_close=watch["cancel_on_close"] if watch else None,
+            )
             return
 
         if seq < wire.SEQ_NEXT:
@@ -245,6 +254,8 @@ async def serve_subscriber(
     receive: ASGIReceiveCallable,
     send: ASGISendCallable,
     state: ServerState | None = None,
+    *,
+    cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -257,7 +268,9 @@ async def serve_subscriber(
     empty 200 + ``Lp-Trickle-Closed`` if nothing was sent yet). A client that goes away
     cancels the handler at once; nothing more is sent. While the server drains
     (``state.draining``) the terminal response also says ``Connection: close``, so that
-    no idle keep-alive connection holds hypercorn's shutdown up.
+    no idle keep-alive connection holds hypercorn's shutdown up. The client leaving is
+    noticed through ``cancel_on_close`` when the server offers it (the fast path's
+    ``DISCONNECT_EXTENSION``), else by a task reading ``receive()``.
     """
     try:
         lease = channel.subscribers.lease()
@@ -273,6 +286,11 @@ async def serve_subscriber(
         found = channel.segment_for_read(seq)
         if found.segment is None:
             await _answer_missing(send, channel, found)
+            return
+        if cancel_on_close is not None:
+            with trio.CancelScope() as gone:
+                cancel_on_close(gone)
+                await _stream_segment(send, channel, found, scope, state, arrived)
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
