@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import h11
+import hypercorn.config
 import pytest
 import trio
+from hypercorn.config import Config
 
 from trickle_trio.config import Settings
 from trickle_trio.http import fastpath
@@ -516,3 +518,18 @@ def test_install_refuses_an_untested_hypercorn(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(fastpath, "_hypercorn_version", lambda: "0.18.0")
     assert fastpath.install() is True
     assert hypercorn_run.TCPServer is fastpath.FastTCPServer
+
+
+def test_the_date_header_is_built_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config()
+    now = [1_800_000_000.2]
+    monkeypatch.setattr(fastpath.time, "time", lambda: now[0])
+    monkeypatch.setattr(hypercorn.config, "time", lambda: now[0])
+    first = fastpath._response_headers(config)
+    now[0] += 0.5
+    assert fastpath._response_headers(config) is first  # same second: reused
+    now[0] += 1.0
+    later = fastpath._response_headers(config)
+    assert later is not first
+    dates = [dict(headers)[b"date"] for headers in (first, later)]
+    assert dates == [b"Fri, 15 Jan 2027 08:00:00 GMT", b"Fri, 15 Jan 2027 08:00:01 GMT"]
