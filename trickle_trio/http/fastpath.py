@@ -12,7 +12,9 @@ subclasses hypercorn's own classes, without editing them, so that:
   with one chunk is one write instead of three (Go's ``net/http`` also sends the head
   with the first body write);
 * body framing uses h11's data-passthrough API and the pieces leave in one
-  ``os.writev``: the payload is never copied in Python (TLS streams get one join);
+  ``os.writev``: the payload is never copied in Python (TLS streams get one join); a
+  chunk in the middle of a chunked response skips the event layers altogether (framed
+  here, written at once);
 * the keep-alive idle timer is one task per connection whose state flips, instead of a
   task started and cancelled around every request;
 * reads take no per-read cancel scope when there is no read timeout, and a socket the
@@ -24,7 +26,13 @@ subclasses hypercorn's own classes, without editing them, so that:
   POST does after its first byte) is handed to the app's callback by the connection's
   reader, with no ``http.request`` message, queue or task switch per chunk; once h11
   stands between two chunks, :class:`~trickle_trio.core.chunked.ChunkedBody` decodes the
-  chunked framing in its place up to the last chunk, which goes back to h11.
+  chunked framing in its place up to the last chunk, which goes back to h11;
+* a request without a body learns that its client left through a cancel scope it
+  hands over (ASGI extension :data:`DISCONNECT_EXTENSION`), not a task per request
+  waiting in ``receive()``; the Date header is formatted once a second.
+
+h11's private state is read in two places (the chunked reader's position, the response
+writer's kind); where it is not as expected, the stock path is taken.
 
 Everything else (parsing, 100-continue, errors, h2, WebSocket upgrades, shutdown) is
 hypercorn's code. :func:`install` points ``hypercorn.trio.run.TCPServer`` at
