@@ -350,9 +350,14 @@ async def _stream_segment(
                     await send(body)
                 return
             await send(body)
+    # The response's last message is shielded: ending it makes hypercorn recycle or close
+    # the connection inside this send, and the disconnect watcher's cancel (the client
+    # hanging up as the answer ends, e.g. an HTTP/1.0 client) must not cut that short:
+    # a connection left half-recycled is never closed.
     if started:
         end: Any = {"type": "http.response.body", "body": b"", "more_body": False}
-        await send(end)
+        with trio.CancelScope(shield=True):
+            await send(end)
         return
     headers = [
         header(wire.SEQ_HEADER, segment.seq),
@@ -362,7 +367,8 @@ async def _stream_segment(
         headers.append(CLOSED)
         if state is not None and state.draining:
             headers.append(CONNECTION_CLOSE)
-    await send_response(send, 200, b"", headers)
+    with trio.CancelScope(shield=True):
+        await send_response(send, 200, b"", headers)
 
 
 async def _watch_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
