@@ -1,4 +1,4 @@
-"""The fast HTTP/1.1 write path (trickle_trio/http/fastpath.py), over real sockets.
+"""The fast path (trickle_trio/http/fastpath.py and fastpath.py), over real sockets.
 
 What it promises beyond plain hypercorn: a response's head, last bytes and end leave in
 one write; payloads are written with ``os.writev`` (never joined), whole even when the
@@ -198,7 +198,8 @@ async def _taken_publisher(url: str, takeovers: Takeovers, path: str = "/cam/0")
     """A chunked POST whose body the server's reader has taken over."""
     conn = await connect(url)
     await conn.start("POST", path)
-    await conn.send(b"first;")
+    await conn.send(b"fir")  # the takeover is offered once a body comes in pieces
+    await conn.send(b"st;")
     await until(lambda: True in takeovers.answers)
     return conn
 
@@ -237,7 +238,7 @@ async def test_the_reader_takes_over_only_between_two_chunks(
         conn = await connect(trickle_server.url)
         await conn.start("POST", "/cam/0")
         conn.h11.send(h11.Data(data=b"first;"))  # keep the client's h11 state in step
-        await conn.stream.send_all(b"6\r\nfirst;")
+        await conn.stream.send_all(b"3\r\nfir\r\n3\r\nst;")
         await until(lambda: True in takeovers.answers)
         await conn.stream.send_all(b"\r\n9\r\nsecond")  # CRLF, and part of a chunk
         await until(lambda: _stored(trickle_server, "cam", 0) == 12)
@@ -254,6 +255,16 @@ async def test_the_reader_takes_over_only_between_two_chunks(
         stored = await call(trickle_server.url, "GET", "/cam/0")
     assert stored.body == b"first;second;.." + b"x" * 22 + b"third;"
     assert takeovers.decoded > 0
+
+
+async def test_a_body_sent_in_one_piece_is_not_taken_over(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    with trio.fail_after(LIMIT):
+        await call(trickle_server.url, "POST", "/cam/0", b"small event")
+        reply = await call(trickle_server.url, "GET", "/cam/0")
+    assert reply.body == b"small event"
+    assert takeovers.answers == []
 
 
 async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
@@ -358,7 +369,8 @@ async def test_a_finished_request_is_freed_without_the_cycle_collector(
         with trio.fail_after(LIMIT):
             publisher = await connect(trickle_server.url)
             await publisher.start("POST", "/cam/0")
-            await publisher.send(b"first")
+            await publisher.send(b"fir")
+            await publisher.send(b"st")
             await until(lambda: True in takeovers.answers)
             await publisher.send(b"second")  # through the sink
             await publisher.end()

@@ -105,8 +105,8 @@ class SegmentWriter:
     ) -> PublishOutcome:
         """Copy chunks from ``read_chunk`` (None = end of body) into the segment.
 
-        With ``take_body`` (offered by the server's fast path), once the first byte is
-        in, the server is asked to write the rest of the body itself, as its reader
+        With ``take_body`` (offered by the server's fast path), once the body has come
+        in more than one piece, the server is asked to write the rest itself, as its reader
         parses it (:meth:`write` is synchronous): no queue and no wake-up of this task
         per chunk; ``read_chunk`` then only reports the end or a broken connection.
         Until the server accepts (it refuses while chunks wait in ``read_chunk``'s
@@ -139,24 +139,13 @@ class SegmentWriter:
                 outcome = PublishOutcome.EMPTY
                 return outcome
             self.write(first)
-            sink = _Sink(self) if take_body is not None else None
-            try:
-                with trio.CancelScope() as stop:
-                    if sink is not None:
-                        sink.stop = stop
-                    while True:
-                        if sink is not None and take_body is not None and not sink.taken:
-                            sink.taken = take_body(sink)
-                        chunk = await read_chunk()
-                        if chunk is None:
-                            break
-                        if chunk:
-                            self.write(chunk)
-            finally:
-                if sink is not None:
-                    sink.close()
-            if sink is not None and sink.error is not None:
-                raise sink.error
+            # A body sent in one piece (a small segment) ends here, without the takeover.
+            chunk = await read_chunk()
+            while chunk is not None and not chunk:
+                chunk = await read_chunk()
+            if chunk is not None:
+                self.write(chunk)
+                await self._write_rest(read_chunk, take_body)
             outcome = PublishOutcome.COMPLETE
             return outcome
         except PublisherGone:
@@ -173,6 +162,34 @@ class SegmentWriter:
             return outcome
         finally:
             self.finish(outcome if outcome is not None else PublishOutcome.CHANNEL_CLOSED)
+
+    async def _write_rest(
+        self,
+        read_chunk: Callable[[], Awaitable[bytes | None]],
+        take_body: TakeBody | None,
+    ) -> None:
+        """Write chunks until the body ends; offer the rest to the server's reader first.
+
+        Raises what :meth:`write` raises, also for chunks the server's reader wrote.
+        """
+        sink = _Sink(self) if take_body is not None else None
+        try:
+            with trio.CancelScope() as stop:
+                if sink is not None:
+                    sink.stop = stop
+                while True:
+                    if sink is not None and take_body is not None and not sink.taken:
+                        sink.taken = take_body(sink)
+                    chunk = await read_chunk()
+                    if chunk is None:
+                        break
+                    if chunk:
+                        self.write(chunk)
+        finally:
+            if sink is not None:
+                sink.close()
+        if sink is not None and sink.error is not None:
+            raise sink.error
 
     def finish(self, outcome: PublishOutcome) -> None:  # sync on purpose
         """Close the segment and apply the outcome's rule to ``next_write``."""
