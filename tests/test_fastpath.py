@@ -1,4 +1,4 @@
-"""The fast path (trickle_trio/http/fastpath.py and fastpath.py), over real sockets.
+"""The fast path (trickle_trio/http/fastpath.py and faststream.py), over real sockets.
 
 What it promises beyond plain hypercorn: a response's head, last bytes and end leave in
 one write; payloads are written with ``os.writev`` (never joined), whole even when the
@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config
 
 from trickle_trio.config import Settings
-from trickle_trio.http import fastpath
+from trickle_trio.http import fastpath, faststream
 from trickle_trio.server import RunningServer, open_server
 
 from .sockets import call, connect, until
@@ -172,19 +172,19 @@ class Takeovers:
 @pytest.fixture
 def takeovers(monkeypatch: pytest.MonkeyPatch) -> Takeovers:
     record = Takeovers()
-    take = fastpath.FastHTTPStream._take_body
-    feed = fastpath.ChunkedBody.feed
+    take = faststream.FastHTTPStream._take_body
+    feed = faststream.ChunkedBody.feed
 
-    def recording_take(self: fastpath.FastHTTPStream, sink: Any) -> bool:
+    def recording_take(self: faststream.FastHTTPStream, sink: Any) -> bool:
         record.answers.append(take(self, sink))
         return record.answers[-1]
 
-    def recording_feed(self: fastpath.ChunkedBody, data: bytes, deliver: Any) -> Any:
+    def recording_feed(self: faststream.ChunkedBody, data: bytes, deliver: Any) -> Any:
         record.decoded += len(data)
         return feed(self, data, deliver)
 
-    monkeypatch.setattr(fastpath.FastHTTPStream, "_take_body", recording_take)
-    monkeypatch.setattr(fastpath.ChunkedBody, "feed", recording_feed)
+    monkeypatch.setattr(faststream.FastHTTPStream, "_take_body", recording_take)
+    monkeypatch.setattr(faststream.ChunkedBody, "feed", recording_feed)
     return record
 
 
@@ -289,7 +289,7 @@ async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
 async def test_a_body_is_not_taken_over_while_chunks_wait_in_the_apps_queue() -> None:
     # What keeps the order above, without the socket timing that decides whether a
     # burst is queued when the app makes its offer.
-    stream = object.__new__(fastpath.FastHTTPStream)
+    stream = object.__new__(faststream.FastHTTPStream)
     stream.closed = False
     send_channel, receive_channel = trio.open_memory_channel[Any](10)
     stream.app_put = send_channel.send
@@ -355,14 +355,14 @@ async def test_a_finished_request_is_freed_without_the_cycle_collector(
 ) -> None:
     # Streams (and what the app left in their scope) must go by refcount: the shipped
     # GC thresholds leave cycles uncollected for a long time.
-    streams: list[weakref.ref[fastpath.FastHTTPStream]] = []
-    real_init = fastpath.FastHTTPStream.__init__
+    streams: list[weakref.ref[faststream.FastHTTPStream]] = []
+    real_init = faststream.FastHTTPStream.__init__
 
-    def recording(self: fastpath.FastHTTPStream, *args: Any) -> None:
+    def recording(self: faststream.FastHTTPStream, *args: Any) -> None:
         real_init(self, *args)
         streams.append(weakref.ref(self))
 
-    monkeypatch.setattr(fastpath.FastHTTPStream, "__init__", recording)
+    monkeypatch.setattr(faststream.FastHTTPStream, "__init__", recording)
     gc.collect()
     gc.disable()
     try:
@@ -540,13 +540,13 @@ def test_install_refuses_an_untested_hypercorn(monkeypatch: pytest.MonkeyPatch) 
 def test_the_date_header_is_built_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     config = Config()
     now = [1_800_000_000.2]
-    monkeypatch.setattr(fastpath.time, "time", lambda: now[0])
+    monkeypatch.setattr(faststream.time, "time", lambda: now[0])
     monkeypatch.setattr(hypercorn.config, "time", lambda: now[0])
-    first = fastpath._response_headers(config)
+    first = faststream._response_headers(config)
     now[0] += 0.5
-    assert fastpath._response_headers(config) is first  # same second: reused
+    assert faststream._response_headers(config) is first  # same second: reused
     now[0] += 1.0
-    later = fastpath._response_headers(config)
+    later = faststream._response_headers(config)
     assert later is not first
     dates = [dict(headers)[b"date"] for headers in (first, later)]
     assert dates == [b"Fri, 15 Jan 2027 08:00:00 GMT", b"Fri, 15 Jan 2027 08:00:01 GMT"]

@@ -25,7 +25,7 @@ from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .fastpath import BODY_EXTENSION, DISCONNECT_EXTENSION
+from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
