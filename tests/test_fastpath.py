@@ -23,6 +23,7 @@ import trio
 from hypercorn.config import Config
 
 from trickle_trio.config import Settings
+from trickle_trio.core.segment import SegmentState
 from trickle_trio.http import fastpath, faststream
 from trickle_trio.server import RunningServer, open_server
 
@@ -284,6 +285,33 @@ async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
         reply = await call(trickle_server.url, "GET", "/cam/0")
     assert reply.body == b"".join(pieces)
     assert takeovers.answers[-1] is True
+
+
+async def test_pending_chunks_go_out_unjoined_even_past_one_writevs_buffer_limit(
+    trickle_server: RunningServer, writes: Writes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that finds many chunks waiting sends them as they are (PARTS_EXTENSION):
+    # never joined, and in as many writev calls as the kernel's buffer limit needs.
+    pieces = [b"%05d;" % n for n in range(3000)]
+    with trio.fail_after(LIMIT):
+        conn = await connect(trickle_server.url)
+        await conn.start("POST", "/cam/0")
+        await conn.stream.send_all(_chunked(pieces) + b"0\r\n\r\n")
+        conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
+        conn.h11.send(h11.EndOfMessage())
+        assert (await conn.response()).status == 200
+        await conn.aclose()
+        assert _stored(trickle_server, "cam", 0) == len(b"".join(pieces))
+
+        def no_join(self: object, index: int) -> bytes:
+            raise AssertionError("joined")
+
+        monkeypatch.setattr(SegmentState, "view_from", no_join)
+        writes.reset()
+        reply = await call(trickle_server.url, "GET", "/cam/0")
+    assert reply.body == b"".join(pieces)
+    assert len(writes.taken) >= 3  # 3000 chunks, at most 1024 buffers per writev
+    assert fastpath.IOV_MAX == 1024
 
 
 async def test_a_body_is_not_taken_over_while_chunks_wait_in_the_apps_queue() -> None:

@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read, as hypercorn (256 KiB measured no faster).
 READ_SIZE = 64 * 1024
+#: Buffers per ``writev`` (Linux refuses more than 1024).
+IOV_MAX = 1024
 #: At most this many writes in a row complete without a scheduler pass.
 YIELD_EVERY = 16
 #: hypercorn versions this module was tested with (it subclasses their internals).
@@ -321,7 +323,7 @@ async def _send_parts(stream: Any, parts: Sequence[bytes]) -> bool:
         if fd < 0:
             raise trio.ClosedResourceError("connection closed")
         try:
-            written = os.writev(fd, pending)
+            written = os.writev(fd, pending if len(pending) <= IOV_MAX else pending[:IOV_MAX])
         except BlockingIOError:
             written = 0
         except OSError as exc:

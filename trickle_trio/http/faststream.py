@@ -41,6 +41,11 @@ BODY_EXTENSION = "trickle.take_body"
 #: ``f(cancel_scope)`` has the scope cancelled when the client goes away (instead of a
 #: task waiting in ``receive()`` for ``http.disconnect``).
 DISCONNECT_EXTENSION = "trickle.cancel_on_close"
+#: ASGI scope extension of a request without a body: ``{"send": f}``; ``await f(parts,
+#: more_body)`` sends ``parts`` (bytes, in order) as the response's next body bytes,
+#: exactly as one ``http.response.body`` message with their concatenation would, but
+#: without joining them: they leave in one ``writev``.
+PARTS_EXTENSION = "trickle.body_parts"
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,14 @@ class FastH11Protocol(H11Protocol):
     #: The connection's writer (``FastTCPServer._write``), for :meth:`send_chunk`.
     write_parts: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
 
-    async def send_chunk(self, data: bytes) -> None:
-        """Send ``data`` (not empty) as the next chunk of the response being sent.
+    async def send_chunk(self, parts: Sequence[bytes]) -> None:
+        """Send ``parts`` (none empty) as the next chunk of the response being sent.
 
         With h11 in the middle of a chunked response body (its usual state for a
-        streaming GET), the chunk is framed here and written at once: h11 keeps no
-        state for a chunk of body, so there is nothing to tell it. Otherwise (HTTP/1.0,
-        Content-Length, an error state) it goes through h11 like any other event.
+        streaming GET), the parts are framed here as one chunk and written at once:
+        h11 keeps no state for a chunk of body, so there is nothing to tell it.
+        Otherwise (HTTP/1.0, Content-Length, an error state) they go through h11 like
+        any other event.
         """
         connection = self.connection
         write = self.write_parts
@@ -80,9 +86,10 @@ class FastH11Protocol(H11Protocol):
             and connection.our_state is h11.SEND_BODY
             and type(getattr(connection, "_writer", None)) is ChunkedWriter
         ):
-            await write((b"%x\r\n" % len(data), data, b"\r\n"))
+            size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+            await write((b"%x\r\n" % size, *parts, b"\r\n"))
             return
-        await self.stream_send(Batch(STREAM_ID, (Body(STREAM_ID, data),)))
+        await self.stream_send(Batch(STREAM_ID, tuple(Body(STREAM_ID, p) for p in parts)))
 
     async def handle(self, event: Event) -> None:
         if type(event) is RawData:
@@ -234,7 +241,7 @@ class FastHTTPStream(HTTPStream):
     _held: Response | None = None
     _bare = False  # a response without a body (HEAD, 204, 304)
     #: Writes one chunk of a response body in progress (set by FastH11Protocol).
-    send_chunk: Callable[[bytes], Awaitable[None]] | None = None
+    send_chunk: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
     #: Where the body goes once the app took it over (``BODY_EXTENSION``).
     sink: Callable[[bytes], None] | None = None
     #: Cancelled when the client goes away (``DISCONNECT_EXTENSION``).
@@ -252,9 +259,9 @@ class FastHTTPStream(HTTPStream):
             if event.method == "POST":
                 self.scope["extensions"][BODY_EXTENSION] = {"take_body": self._take_body}
             elif _bodyless(event):
-                self.scope["extensions"][DISCONNECT_EXTENSION] = {
-                    "cancel_on_close": self._cancel_on_close
-                }
+                extensions = self.scope["extensions"]
+                extensions[DISCONNECT_EXTENSION] = {"cancel_on_close": self._cancel_on_close}
+                extensions[PARTS_EXTENSION] = {"send": self._send_parts}
         elif type(event) is StreamClosed:
             # Not when the app ended the response itself: then this runs inside the app's
             # own send, and a cancel would land in hypercorn's connection recycling.
@@ -265,6 +272,7 @@ class FastHTTPStream(HTTPStream):
             extensions = self.scope["extensions"]
             extensions.pop(BODY_EXTENSION, None)
             extensions.pop(DISCONNECT_EXTENSION, None)
+            extensions.pop(PARTS_EXTENSION, None)
             self.sink = None
             self._on_close = None
 
@@ -296,7 +304,7 @@ class FastHTTPStream(HTTPStream):
                 if self._held is None and message.get("more_body", False) and not self._bare:
                     body = message.get("body", b"")
                     if body and not self.closed and self.send_chunk is not None:
-                        await self.send_chunk(body if type(body) is bytes else bytes(body))
+                        await self.send_chunk((body if type(body) is bytes else bytes(body),))
                         return
                 await self._send_body(message)
                 return
@@ -319,15 +327,33 @@ class FastHTTPStream(HTTPStream):
             await self.send(held)
         await super().app_send(message)
 
+    async def _send_parts(self, parts: Sequence[bytes], more_body: bool) -> None:
+        """``PARTS_EXTENSION``: one body message made of ``parts``, never joined."""
+        if self.state != ASGIHTTPState.RESPONSE or self.closed:
+            body = b"".join(parts)  # not streaming a response: as the message would go
+            await self.app_send(
+                {"type": "http.response.body", "body": body, "more_body": more_body}
+            )
+            return
+        parts = [part for part in parts if part]
+        if self._held is None and more_body and not self._bare:
+            if parts and self.send_chunk is not None:
+                await self.send_chunk(parts)
+            return
+        await self._send_pieces(parts, more_body=more_body)
+
     async def _send_body(self, message: Any) -> None:
+        body = message.get("body", b"")
+        pieces = [body if type(body) is bytes else bytes(body)] if body else []
+        await self._send_pieces(pieces, more_body=message.get("more_body", False))
+
+    async def _send_pieces(self, pieces: Sequence[bytes], *, more_body: bool) -> None:
         events: list[StreamEvent] = []
         if self._held is not None:
             events.append(self._held)
             self._held = None
-        body = message.get("body", b"")
-        if body and not suppress_body(self.scope["method"], int(self.response["status"])):
-            events.append(Body(self.stream_id, body if type(body) is bytes else bytes(body)))
-        more_body = message.get("more_body", False)
+        if pieces and not self._bare:
+            events.extend(Body(self.stream_id, piece) for piece in pieces)
         trailers = bool(self.response.get("trailers", False))
         if not more_body and not trailers:
             events.append(EndBody(self.stream_id))

@@ -15,7 +15,7 @@ Imports: trio, hypercorn's ASGI types, ``core``, ``channels``, and the sibling h
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -25,7 +25,7 @@ from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION
+from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -88,7 +88,9 @@ class SegmentStreams:
             if channel is None:
                 await self._error(send, 404, wire.STREAM_NOT_FOUND)
                 return
-            watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+            extensions = scope.get("extensions", {})
+            watch = extensions.get(DISCONNECT_EXTENSION)
+            parts = extensions.get(PARTS_EXTENSION)
             await serve_subscriber(
                 channel,
                 seq,
@@ -96,6 +98,7 @@ class SegmentStreams:
                 send,
                 self.state,
                 cancel_on_close=watch["cancel_on_close"] if watch else None,
+                send_parts=parts["send"] if parts else None,
             )
             return
 
@@ -133,6 +136,10 @@ class SegmentStreams:
         registry = self.state.registry
         counts = registry.metrics.responses if registry is not None else None
         await send_error(send, status, message, headers or (), counts=counts)
+
+
+#: ``await send_parts(parts, more_body)``: the fast path's ``PARTS_EXTENSION``.
+SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
 
 
 def header_value(scope: Any, name: bytes) -> str:
@@ -256,6 +263,7 @@ async def serve_subscriber(
     state: ServerState | None = None,
     *,
     cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
+    send_parts: SendParts | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -290,11 +298,11 @@ async def serve_subscriber(
         if cancel_on_close is not None:
             with trio.CancelScope() as gone:
                 cancel_on_close(gone)
-                await _stream_segment(send, channel, found, scope, state, arrived)
+                await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            await _stream_segment(send, channel, found, scope, state, arrived)
+            await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
             nursery.cancel_scope.cancel()
 
 
@@ -316,18 +324,29 @@ async def _stream_segment(
     scope: trio.CancelScope,
     state: ServerState | None,
     arrived: float,
+    send_parts: SendParts | None = None,
 ) -> None:
     segment = found.segment
     assert segment is not None
     metrics = channel.metrics
     started = False
     index = 0
+    sent = 0
     with scope:
         while await segment.wait_readable(index):
-            data = segment.view_from(index)  # one join shared by readers at this index
+            # Everything from chunk ``index`` on: with the fast path's PARTS_EXTENSION the
+            # chunks themselves (one writev, no copy), else one join shared by the
+            # readers at this index.
+            if send_parts is None:
+                data = segment.view_from(index)
+                size = len(data)
+            else:
+                pieces = segment.chunks[index:]
+                size = segment.size - sent
             index = len(segment.chunks)
+            sent += size
             last = segment.closed  # nothing can follow: these bytes end the response
-            metrics.bytes_out += len(data)
+            metrics.bytes_out += size
             if not started:
                 metrics.time_to_first_byte.observe(trio.current_time() - arrived)
                 metrics.responses[200] += 1
@@ -335,29 +354,36 @@ async def _stream_segment(
                 if found.latest != segment.seq:
                     headers.append(header(wire.LATEST_HEADER, found.latest))
                 headers.append((_CONTENT_TYPE, channel.mime_type.encode("latin-1", "replace")))
-                headers.append(header(wire.SIZE_HEADER, len(data)))
+                headers.append(header(wire.SIZE_HEADER, size))
                 start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
                 started = True
                 # The status line must go out whole or not at all: a cancel landing on
                 # this checkpoint would leave us unable to tell which.
                 with trio.CancelScope(shield=True):
                     await send(start)
-            body: Any = {"type": "http.response.body", "body": data, "more_body": not last}
             if last:
                 # One message (one write with the fast path) for the last bytes and the
                 # end; shielded like the head, so that the end is sent exactly once.
                 with trio.CancelScope(shield=True):
-                    await send(body)
+                    if send_parts is None:
+                        end: Any = {"type": "http.response.body", "body": data, "more_body": False}
+                        await send(end)
+                    else:
+                        await send_parts(pieces, False)
                 return
-            await send(body)
+            if send_parts is None:
+                body: Any = {"type": "http.response.body", "body": data, "more_body": True}
+                await send(body)
+            else:
+                await send_parts(pieces, True)
     # The response's last message is shielded: ending it makes hypercorn recycle or close
     # the connection inside this send, and the disconnect watcher's cancel (the client
     # hanging up as the answer ends, e.g. an HTTP/1.0 client) must not cut that short:
     # a connection left half-recycled is never closed.
     if started:
-        end: Any = {"type": "http.response.body", "body": b"", "more_body": False}
+        closing: Any = {"type": "http.response.body", "body": b"", "more_body": False}
         with trio.CancelScope(shield=True):
-            await send(end)
+            await send(closing)
         return
     headers = [
         header(wire.SEQ_HEADER, segment.seq),
