@@ -27,6 +27,8 @@ subclasses hypercorn's own classes, without editing them, so that:
   reader, with no ``http.request`` message, queue or task switch per chunk; once h11
   stands between two chunks, :class:`~trickle_trio.core.chunked.ChunkedBody` decodes the
   chunked framing in its place up to the last chunk, which goes back to h11;
+* chunks waiting for a reader leave as they are, several in one ``writev``, never
+  joined (ASGI extension :data:`~.faststream.PARTS_EXTENSION`);
 * a request without a body learns that its client left through a cancel scope it
   hands over (ASGI extension :data:`~.faststream.DISCONNECT_EXTENSION`), not a task per request
   waiting in ``receive()``; the Date header is formatted once a second.

@@ -5,7 +5,7 @@ connection). :class:`FastH11Protocol` writes each :class:`Batch` of stream event
 go without copies, frames a chunk in the middle of a chunked response itself, and
 decodes a taken-over chunked request body with
 :class:`~trickle_trio.core.chunked.ChunkedBody`. :class:`FastHTTPStream` holds a
-response's head until its first body message and offers the app the two ASGI
+response's head until its first body message and offers the app the three ASGI
 extensions below.
 """
 
