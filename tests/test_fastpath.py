@@ -268,6 +268,17 @@ async def test_a_body_sent_in_one_piece_is_not_taken_over(
     assert takeovers.answers == []
 
 
+async def _publish_in_one_burst(url: str, path: str, pieces: list[bytes]) -> None:
+    """POST ``pieces`` as that many chunks, all in one send (one read for the server)."""
+    conn = await connect(url)
+    await conn.start("POST", path)
+    await conn.stream.send_all(_chunked(pieces) + b"0\r\n\r\n")
+    conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
+    conn.h11.send(h11.EndOfMessage())
+    assert (await conn.response()).status == 200
+    await conn.aclose()
+
+
 async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
     trickle_server: RunningServer, takeovers: Takeovers
 ) -> None:
@@ -275,13 +286,7 @@ async def test_body_chunks_keep_their_order_when_the_reader_takes_over(
     # body is handed over; none may overtake another.
     pieces = [b"%06d;" % n for n in range(3000)]
     with trio.fail_after(LIMIT):
-        conn = await connect(trickle_server.url)
-        await conn.start("POST", "/cam/0")
-        await conn.stream.send_all(_chunked(pieces) + b"0\r\n\r\n")
-        conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
-        conn.h11.send(h11.EndOfMessage())
-        assert (await conn.response()).status == 200
-        await conn.aclose()
+        await _publish_in_one_burst(trickle_server.url, "/cam/0", pieces)
         reply = await call(trickle_server.url, "GET", "/cam/0")
     assert reply.body == b"".join(pieces)
     assert takeovers.answers[-1] is True
@@ -294,13 +299,7 @@ async def test_pending_chunks_go_out_unjoined_even_past_one_writevs_buffer_limit
     # never joined, and in as many writev calls as the kernel's buffer limit needs.
     pieces = [b"%05d;" % n for n in range(3000)]
     with trio.fail_after(LIMIT):
-        conn = await connect(trickle_server.url)
-        await conn.start("POST", "/cam/0")
-        await conn.stream.send_all(_chunked(pieces) + b"0\r\n\r\n")
-        conn.h11.send(h11.Data(data=b"x"))  # keep the client's h11 state in step
-        conn.h11.send(h11.EndOfMessage())
-        assert (await conn.response()).status == 200
-        await conn.aclose()
+        await _publish_in_one_burst(trickle_server.url, "/cam/0", pieces)
         assert _stored(trickle_server, "cam", 0) == len(b"".join(pieces))
 
         def no_join(self: object, index: int) -> bytes:
