@@ -278,7 +278,9 @@ async def serve_subscriber(
     (``state.draining``) the terminal response also says ``Connection: close``, so that
     no idle keep-alive connection holds hypercorn's shutdown up. The client leaving is
     noticed through ``cancel_on_close`` when the server offers it (the fast path's
-    ``DISCONNECT_EXTENSION``), else by a task reading ``receive()``.
+    ``DISCONNECT_EXTENSION``), else by a task reading ``receive()``. Chunks that wait
+    for this reader leave through ``send_parts`` as they are when the server offers it
+    (``PARTS_EXTENSION``), else joined into one body message.
     """
     try:
         lease = channel.subscribers.lease()
