@@ -62,3 +62,13 @@ def test_view_from_shares_one_join_between_readers_at_the_same_index() -> None:
     segment.append(b"d")  # a new chunk: the old join no longer covers everything
     assert segment.view_from(1) == b"bcd"
     assert segment.view_from(4) == b""
+
+
+def test_an_empty_append_adds_no_chunk() -> None:
+    segment = SegmentState(0)
+    assert segment.append(b"") is True
+    assert segment.append(b"a") is True
+    assert segment.append(b"") is True
+    assert (segment.chunks, segment.size) == ([b"a"], 1)
+    segment.close()
+    assert segment.append(b"") is False

@@ -577,3 +577,22 @@ def test_the_date_header_is_built_once_a_second(monkeypatch: pytest.MonkeyPatch)
     assert later is not first
     dates = [dict(headers)[b"date"] for headers in (first, later)]
     assert dates == [b"Fri, 15 Jan 2027 08:00:00 GMT", b"Fri, 15 Jan 2027 08:00:01 GMT"]
+
+
+async def test_a_chunk_of_no_bytes_is_not_written() -> None:
+    # "0\r\n" would end the response: parts holding no bytes are skipped.
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(b"GET /cam/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert type(connection.next_event()) is h11.Request
+    connection.send(h11.Response(status_code=200, headers=[]))
+    protocol = object.__new__(faststream.FastH11Protocol)
+    protocol.connection = connection
+    written: list[tuple[bytes, ...]] = []
+
+    async def write(parts: Sequence[bytes]) -> None:
+        written.append(tuple(parts))
+
+    protocol.write_parts = write
+    await protocol.send_chunk([b""])
+    await protocol.send_chunk([b"ab", b"", b"c"])
+    assert written == [(b"3\r\n", b"ab", b"", b"c", b"\r\n")]

@@ -59,6 +59,8 @@ class Segment(SegmentState):
         """Append a chunk and wake readers; False if closed (the bytes are discarded)."""
         if not super().append(data):
             return False
+        if not data:
+            return True  # nothing new to read
         changed = self._changed
         if changed is not None:
             self._changed = None

@@ -27,9 +27,14 @@ class SegmentState:
         self._joined: tuple[int, bytes] | None = None
 
     def append(self, data: bytes) -> bool:
-        """Append ``data``; False (and nothing changes) if the segment is closed."""
+        """Append ``data``; False (and nothing changes) if the segment is closed.
+
+        Empty ``data`` changes nothing either (True while open): a chunk is never empty.
+        """
         if self.closed:
             return False
+        if not data:
+            return True
         self.chunks.append(data)
         self.size += len(data)
         self._joined = None

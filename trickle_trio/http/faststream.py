@@ -71,7 +71,8 @@ class FastH11Protocol(H11Protocol):
     write_parts: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
 
     async def send_chunk(self, parts: Sequence[bytes]) -> None:
-        """Send ``parts`` (none empty) as the next chunk of the response being sent.
+        """Send ``parts`` as the next chunk of the response being sent (nothing if they
+        hold no bytes: an empty chunk would end the response).
 
         With h11 in the middle of a chunked response body (its usual state for a
         streaming GET), the parts are framed here as one chunk and written at once:
@@ -87,7 +88,8 @@ class FastH11Protocol(H11Protocol):
             and type(getattr(connection, "_writer", None)) is ChunkedWriter
         ):
             size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-            await write((b"%x\r\n" % size, *parts, b"\r\n"))
+            if size:
+                await write((b"%x\r\n" % size, *parts, b"\r\n"))
             return
         await self.stream_send(Batch(STREAM_ID, tuple(Body(STREAM_ID, p) for p in parts)))
 
@@ -335,7 +337,6 @@ class FastHTTPStream(HTTPStream):
                 {"type": "http.response.body", "body": body, "more_body": more_body}
             )
             return
-        parts = [part for part in parts if part]
         if self._held is None and more_body and not self._bare:
             if parts and self.send_chunk is not None:
                 await self.send_chunk(parts)
