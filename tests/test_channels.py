@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -65,6 +66,76 @@ async def test_readers_share_the_same_bytes_objects() -> None:
     second = await segment.wait_chunks(0)
     assert first[0] is payload
     assert second[0] is payload
+
+
+async def test_pushers_get_each_chunk_from_the_appending_task_without_waking() -> None:
+    segment = Segment(0)
+    pushed: list[tuple[str, bytes]] = []
+    returned: list[str] = []
+
+    def pusher(name: str, accept: int) -> Callable[[bytes], bool]:
+        def push(chunk: bytes) -> bool:
+            pushed.append((name, chunk))
+            return len([1 for who, _ in pushed if who == name]) < accept
+
+        return push
+
+    async def reader(name: str, accept: int) -> None:
+        await segment.push_while(0, pusher(name, accept))
+        returned.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, "a", 99)
+        nursery.start_soon(reader, "b", 2)  # stops after its second chunk
+        nursery.start_soon(reader, "c", 99)
+        await trio.testing.wait_all_tasks_blocked()
+        segment.append(b"1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == []  # pushed to, never woken
+        segment.append(b"2")
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == ["b"]
+        segment.append(b"3")
+        assert sorted(pushed) == sorted(
+            [(n, c) for c in (b"1", b"2") for n in "abc"] + [("a", b"3"), ("c", b"3")]
+        )
+        assert [c for n, c in pushed if n == "a"] == [b"1", b"2", b"3"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == ["b"]
+        segment.close()  # the rest wake up
+    assert sorted(returned) == ["a", "b", "c"]
+
+
+async def test_push_while_returns_at_once_when_behind_or_closed() -> None:
+    segment = Segment(0)
+    segment.append(b"there already")
+
+    def never(chunk: bytes) -> bool:
+        raise AssertionError("pushed to a reader that is behind")
+
+    await segment.push_while(0, never)  # chunk 0 exists: read it first
+    segment.append(b"more")
+    segment.close()
+    await segment.push_while(2, never)
+
+
+async def test_a_cancelled_pusher_is_pushed_nothing_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    segment = Segment(0)
+    pushed: list[bytes] = []
+
+    def push(chunk: bytes) -> bool:
+        pushed.append(chunk)
+        return True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(segment.push_while, 0, push)
+        await trio.testing.wait_all_tasks_blocked()
+        segment.append(b"before")
+        nursery.cancel_scope.cancel()
+    segment.append(b"after")
+    assert pushed == [b"before"]
 
 
 async def test_wait_chunks_cancellation_leaves_segment_unchanged(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import types
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +23,10 @@ import pytest
 import trio
 from hypercorn.config import Config
 
+from trickle_trio.channels import Segment
 from trickle_trio.config import Settings
 from trickle_trio.core.segment import SegmentState
-from trickle_trio.http import fastpath, faststream
+from trickle_trio.http import fastpath, faststream, streams
 from trickle_trio.server import RunningServer, open_server
 
 from .sockets import call, connect, until
@@ -596,3 +598,187 @@ async def test_a_chunk_of_no_bytes_is_not_written() -> None:
     await protocol.send_chunk([b""])
     await protocol.send_chunk([b"ab", b"", b"c"])
     assert written == [(b"3\r\n", b"ab", b"", b"c", b"\r\n")]
+
+
+# -- pushed chunks: a live subscriber written from the publisher's task -------------------
+
+
+@dataclasses.dataclass
+class Pushes:
+    """``FastTCPServer.try_write``'s answers (0 none, 1 all, 2 part) and reader wake-ups."""
+
+    answers: list[int] = dataclasses.field(default_factory=list)
+    wakes: int = 0
+
+
+@pytest.fixture
+def pushes(monkeypatch: pytest.MonkeyPatch) -> Pushes:
+    record = Pushes()
+    real_try = fastpath.FastTCPServer.try_write
+    real_wait = Segment.wait_readable
+
+    def try_write(self: fastpath.FastTCPServer, parts: Sequence[bytes]) -> int:
+        answer = real_try(self, parts)
+        record.answers.append(answer)
+        return answer
+
+    async def wait_readable(self: Segment, index: int) -> bool:
+        record.wakes += 1
+        return await real_wait(self, index)
+
+    monkeypatch.setattr(fastpath.FastTCPServer, "try_write", try_write)
+    monkeypatch.setattr(Segment, "wait_readable", wait_readable)
+    return record
+
+
+async def test_a_live_subscriber_is_written_by_the_publishers_task(
+    trickle_server: RunningServer, pushes: Pushes
+) -> None:
+    pieces = [b"%03d;" % n for n in range(30)]
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"first;")
+        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        assert await subscriber.chunk() == b"first;"
+        for piece in pieces:  # paced as a live stream: each one read before the next
+            await publisher.send(piece)
+            assert await subscriber.chunk() == piece
+        await publisher.end()
+        assert await subscriber.chunk() is None
+        assert (await publisher.response()).status == 200
+        await publisher.aclose()
+        await subscriber.aclose()
+    assert pushes.answers.count(1) == len(pieces)
+    # The subscriber's task ran for the head and the end, not for every chunk.
+    assert pushes.wakes <= 4
+
+
+async def test_a_push_the_socket_takes_only_part_of_is_finished_in_order(
+    trickle_server: RunningServer, pushes: Pushes
+) -> None:
+    # The subscriber does not read: pushes fill its socket until one is taken only in
+    # part. The rest must follow, before anything else and without a further chunk.
+    piece = bytes(range(256)) * 60  # 15,360 bytes: small enough to be pushed
+    sent: list[bytes] = []
+    with trio.fail_after(LIMIT * 3):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"first;")
+        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        assert await subscriber.chunk() == b"first;"
+        while 2 not in pushes.answers:
+            data = b"%06d" % len(sent) + piece
+            await publisher.send(data)
+            sent.append(data)
+            await until(lambda: _stored(trickle_server, "cam", 0) == 6 + sum(map(len, sent)))
+        expected = b"".join(sent)
+        received = b""
+        while len(received) < len(expected):  # nothing more is published meanwhile
+            chunk = await subscriber.chunk()
+            assert chunk is not None
+            received += chunk
+        assert received == expected
+        await publisher.send(b"last;")
+        await publisher.end()
+        assert await subscriber.chunk() == b"last;"
+        assert await subscriber.chunk() is None
+        await publisher.aclose()
+        await subscriber.aclose()
+    assert 1 in pushes.answers
+
+
+def test_a_pusher_leaves_big_chunks_and_cut_writes_to_its_task() -> None:
+    answers = [1, 2]
+    offered: list[Sequence[bytes]] = []
+
+    def try_send(parts: Sequence[bytes]) -> int:
+        offered.append(parts)
+        return answers.pop(0)
+
+    metrics = types.SimpleNamespace(bytes_out=0)
+    pusher = streams._Pusher(try_send, metrics)
+    assert not pusher(bytes(streams.PUSH_MAX + 1))  # the woken task may batch it
+    assert offered == []
+    assert pusher(bytes(streams.PUSH_MAX))
+    assert not pusher(b"cut")  # taken, but the task must flush the rest
+    assert (pusher.taken, pusher.sent, pusher.stalled) == (2, streams.PUSH_MAX + 3, True)
+    assert metrics.bytes_out == streams.PUSH_MAX + 3
+
+
+async def test_a_subscriber_gone_while_pushed_to_is_let_go(
+    trickle_server: RunningServer, pushes: Pushes
+) -> None:
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"first;")
+        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        assert await subscriber.chunk() == b"first;"
+        await publisher.send(b"pushed;")
+        assert await subscriber.chunk() == b"pushed;"
+        await subscriber.aclose()
+        channel = trickle_server.registry.get("cam")
+        assert channel is not None
+        for n in range(50):  # pushes to a closed peer fail; the reader is let go
+            await publisher.send(b"%02d;" % n)
+        await until(lambda: len(channel.subscribers) == 0)
+        await publisher.end()
+        assert (await publisher.response()).status == 200
+        await publisher.aclose()
+    assert _stored(trickle_server, "cam", 0) == 6 + 7 + 150
+
+
+async def test_try_write_never_cuts_into_another_write_and_keeps_the_order() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    ours = trio.socket.socket()
+    await ours.connect(listener.getsockname())
+    peer, _ = await listener.accept()
+    connection = object.__new__(fastpath.FastTCPServer)  # just the writing half
+    connection.stream = trio.SocketStream(ours)
+    connection.send_lock = trio.Lock()
+    connection._backlog = []
+    connection._unyielded = 0
+    received = bytearray()
+    with trio.fail_after(LIMIT):
+        async with connection.send_lock:  # another write is under way
+            assert connection.try_write([b"not now"]) == 0
+        assert connection.try_write([b"ab", b"cd"]) == 1
+        while len(received) < 4:
+            received.extend(await peer.recv(100))
+        sent: list[bytes] = []
+        answer = 1
+        while answer != 2:  # fill the socket until a write is cut short
+            sent.append(b"%06d" % len(sent) + bytes(99_994))
+            answer = connection.try_write([sent[-1][:50_000], sent[-1][50_000:]])
+            if answer == 0:  # full to the byte: nothing taken; make a little room
+                sent.pop()
+                received.extend(await peer.recv(1000))
+        assert connection.try_write([b"behind the rest"]) == 0
+        expected = b"abcd" + b"".join(sent) + b"next"
+
+        async def read_all() -> None:
+            while len(received) < len(expected):
+                received.extend(await peer.recv(1 << 20))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await connection.flush()
+            await connection._write([b"next"])
+    assert bytes(received) == expected
+    for sock in (ours, peer, listener):
+        sock.close()

@@ -135,6 +135,8 @@ class FastTCPServer(TCPServer):
         self._watcher = trio.CancelScope()
         self._drained = False  # the last read emptied the socket
         self._unyielded = 0  # writes since the last scheduler pass in _write
+        # What try_write could not write at once; the next _write sends it first.
+        self._backlog: list[bytes | memoryview] = []
 
     async def run(self) -> None:
         if not self._fast:
@@ -170,6 +172,7 @@ class FastTCPServer(TCPServer):
                     self.protocol_send,
                     alpn_protocol,
                     write=self._write,
+                    try_write=None if ssl else self.try_write,
                 )
                 await self.protocol.initiate()
                 self._set_idle(idle=True)  # as hypercorn: idle until the first request
@@ -195,6 +198,41 @@ class FastTCPServer(TCPServer):
         else:
             await super().protocol_send(event)
 
+    def try_write(self, parts: Sequence[bytes]) -> int:
+        """Write ``parts`` now, without waiting, if no other write is under way.
+
+        Returns 0 when nothing was written (a write is in progress or backlogged, the
+        socket is full, closed or broken: the caller then sends through the awaited
+        path, which also finds out about a broken connection), 1 when everything was
+        written, 2 when only a part was: the rest waits in a backlog that the next
+        write (or :meth:`flush`) sends first. Plain sockets only. Never a checkpoint.
+        """
+        if self._backlog or self.send_lock.locked():
+            return 0
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            return 0
+        try:
+            written = os.writev(fd, parts)
+        except OSError:  # BlockingIOError included: nothing was written
+            return 0
+        for index, part in enumerate(parts):
+            if written < len(part):
+                self._backlog = [memoryview(part)[written:], *parts[index + 1 :]]
+                return 2
+            written -= len(part)
+        return 1
+
+    async def flush(self) -> None:
+        """Send what :meth:`try_write` left in the backlog, waiting for the socket.
+
+        Cancellation: shielded like every write.
+        """
+        if self._backlog:
+            await self._write(())
+        else:
+            await trio.lowlevel.checkpoint()
+
     async def _write(self, parts: Sequence[bytes]) -> None:
         lock = self.send_lock
         try:
@@ -203,7 +241,11 @@ class FastTCPServer(TCPServer):
             with trio.CancelScope(shield=True):
                 await lock.acquire()
         try:
-            if not await _send_parts(self.stream, parts):
+            pending: Sequence[bytes | memoryview] = parts
+            if self._backlog:
+                pending = [*self._backlog, *parts]
+                self._backlog = []
+            if not await _send_parts(self.stream, pending):
                 self._unyielded = 0
             elif self._unyielded < YIELD_EVERY:
                 # Written without blocking and without a scheduler pass: the app yields
@@ -306,7 +348,7 @@ class FastTCPServer(TCPServer):
             await self._initiate_server_close()
 
 
-async def _send_parts(stream: Any, parts: Sequence[bytes]) -> bool:
+async def _send_parts(stream: Any, parts: Sequence[bytes | memoryview]) -> bool:
     """Write ``parts`` whole; True if no wait was needed. Shielded while waiting.
 
     A plain socket gets ``os.writev`` (no join); a TLS stream gets one joined write.
@@ -367,6 +409,7 @@ class FastProtocolWrapper(ProtocolWrapper):
         alpn_protocol: str | None = None,
         *,
         write: Callable[[Sequence[bytes]], Awaitable[None]] | None = None,
+        try_write: Callable[[Sequence[bytes]], int] | None = None,
     ) -> None:
         if alpn_protocol == "h2":
             super().__init__(
@@ -386,3 +429,4 @@ class FastProtocolWrapper(ProtocolWrapper):
             app, config, context, task_group, state, ssl, client, server, send
         )
         self.protocol.write_parts = write
+        self.protocol.try_write = try_write

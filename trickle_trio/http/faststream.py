@@ -46,6 +46,14 @@ DISCONNECT_EXTENSION = "trickle.cancel_on_close"
 #: exactly as one ``http.response.body`` message with their concatenation would, but
 #: without joining them: they leave in one ``writev``.
 PARTS_EXTENSION = "trickle.body_parts"
+#: ASGI scope extension of a request without a body, on a plain (not TLS) connection:
+#: ``{"try_send": f, "flush": g}``. ``f(parts)`` is a synchronous ``PARTS_EXTENSION``
+#: send with ``more_body`` that never waits: it returns 0 when it sent nothing (no
+#: response body under way, another write in progress, the socket full or broken: send
+#: through the awaited path instead), 1 when the parts were sent, 2 when they were
+#: taken but only partly written: then ``await g()`` must follow, which writes the rest.
+#: It lets a subscriber be written to from the task that produced the bytes.
+PUSH_EXTENSION = "trickle.push_parts"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,30 @@ class FastH11Protocol(H11Protocol):
     _body: ChunkedBody | None = None
     #: The connection's writer (``FastTCPServer._write``), for :meth:`send_chunk`.
     write_parts: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
+    #: The connection's non-waiting writer (``FastTCPServer.try_write``; None on TLS).
+    try_write: Callable[[Sequence[bytes]], int] | None = None
+
+    def try_chunk(self, parts: Sequence[bytes]) -> int:
+        """:meth:`send_chunk` without waiting: ``FastTCPServer.try_write``'s 0/1/2.
+
+        0 unless h11 is in the middle of a chunked response body (see send_chunk).
+        """
+        connection = self.connection
+        try_write = self.try_write
+        if (
+            try_write is None
+            or connection.our_state is not h11.SEND_BODY
+            or type(getattr(connection, "_writer", None)) is not ChunkedWriter
+        ):
+            return 0
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        if not size:
+            return 1
+        return try_write((b"%x\r\n" % size, *parts, b"\r\n"))
+
+    async def flush(self) -> None:
+        """Write what :meth:`try_chunk` left unwritten (see ``FastTCPServer.flush``)."""
+        await self.send(WriteParts(()))
 
     async def send_chunk(self, parts: Sequence[bytes]) -> None:
         """Send ``parts`` as the next chunk of the response being sent (nothing if they
@@ -178,6 +210,9 @@ class FastH11Protocol(H11Protocol):
             STREAM_ID,
         )
         self.stream.send_chunk = self.send_chunk
+        if self.try_write is not None:
+            self.stream.try_chunk = self.try_chunk
+            self.stream.flush = self.flush
         if self.config.h11_pass_raw_headers:
             headers = request.headers.raw_items()
         else:
@@ -244,6 +279,10 @@ class FastHTTPStream(HTTPStream):
     _bare = False  # a response without a body (HEAD, 204, 304)
     #: Writes one chunk of a response body in progress (set by FastH11Protocol).
     send_chunk: Callable[[Sequence[bytes]], Awaitable[None]] | None = None
+    #: Writes one chunk without waiting (set by FastH11Protocol on plain connections).
+    try_chunk: Callable[[Sequence[bytes]], int] | None = None
+    #: Writes what ``try_chunk`` left (set with it).
+    flush: Callable[[], Awaitable[None]] | None = None
     #: Where the body goes once the app took it over (``BODY_EXTENSION``).
     sink: Callable[[bytes], None] | None = None
     #: Cancelled when the client goes away (``DISCONNECT_EXTENSION``).
@@ -264,6 +303,8 @@ class FastHTTPStream(HTTPStream):
                 extensions = self.scope["extensions"]
                 extensions[DISCONNECT_EXTENSION] = {"cancel_on_close": self._cancel_on_close}
                 extensions[PARTS_EXTENSION] = {"send": self._send_parts}
+                if self.try_chunk is not None:
+                    extensions[PUSH_EXTENSION] = {"try_send": self._try_send, "flush": self.flush}
         elif type(event) is StreamClosed:
             # Not when the app ended the response itself: then this runs inside the app's
             # own send, and a cancel would land in hypercorn's connection recycling.
@@ -275,6 +316,7 @@ class FastHTTPStream(HTTPStream):
             extensions.pop(BODY_EXTENSION, None)
             extensions.pop(DISCONNECT_EXTENSION, None)
             extensions.pop(PARTS_EXTENSION, None)
+            extensions.pop(PUSH_EXTENSION, None)
             self.sink = None
             self._on_close = None
 
@@ -342,6 +384,19 @@ class FastHTTPStream(HTTPStream):
                 await self.send_chunk(parts)
             return
         await self._send_pieces(parts, more_body=more_body)
+
+    def _try_send(self, parts: Sequence[bytes]) -> int:
+        """``PUSH_EXTENSION``: the next chunk of a streaming body, now or not at all."""
+        try_chunk = self.try_chunk
+        if (
+            try_chunk is None
+            or self.state != ASGIHTTPState.RESPONSE
+            or self.closed
+            or self._held is not None
+            or self._bare
+        ):
+            return 0
+        return try_chunk(parts)
 
     async def _send_body(self, message: Any) -> None:
         body = message.get("body", b"")

@@ -25,7 +25,7 @@ from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION
+from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
@@ -91,6 +91,7 @@ class SegmentStreams:
             extensions = scope.get("extensions", {})
             watch = extensions.get(DISCONNECT_EXTENSION)
             parts = extensions.get(PARTS_EXTENSION)
+            push = extensions.get(PUSH_EXTENSION)
             await serve_subscriber(
                 channel,
                 seq,
@@ -99,6 +100,7 @@ class SegmentStreams:
                 self.state,
                 cancel_on_close=watch["cancel_on_close"] if watch else None,
                 send_parts=parts["send"] if parts else None,
+                push=(push["try_send"], push["flush"]) if push and parts else None,
             )
             return
 
@@ -140,6 +142,8 @@ class SegmentStreams:
 
 #: ``await send_parts(parts, more_body)``: the fast path's ``PARTS_EXTENSION``.
 SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
+#: ``(try_send, flush)``: the fast path's ``PUSH_EXTENSION``.
+Push = tuple[Callable[[Sequence[bytes]], int], Callable[[], Awaitable[None]]]
 
 
 def header_value(scope: Any, name: bytes) -> str:
@@ -264,6 +268,7 @@ async def serve_subscriber(
     *,
     cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
     send_parts: SendParts | None = None,
+    push: Push | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -280,7 +285,10 @@ async def serve_subscriber(
     noticed through ``cancel_on_close`` when the server offers it (the fast path's
     ``DISCONNECT_EXTENSION``), else by a task reading ``receive()``. Chunks that wait
     for this reader leave through ``send_parts`` as they are when the server offers it
-    (``PARTS_EXTENSION``), else joined into one body message.
+    (``PARTS_EXTENSION``), else joined into one body message. Once the head is out,
+    the chunks that follow are written by the publisher's task as it appends them when
+    the server offers ``push`` (``PUSH_EXTENSION``, with ``send_parts``); this task then
+    wakes only when that stops (the segment ended, a write could not complete at once).
     """
     try:
         lease = channel.subscribers.lease()
@@ -300,7 +308,7 @@ async def serve_subscriber(
         if cancel_on_close is not None:
             with trio.CancelScope() as gone:
                 cancel_on_close(gone)
-                await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
+                await _stream_segment(send, channel, found, scope, state, arrived, send_parts, push)
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
@@ -327,6 +335,7 @@ async def _stream_segment(
     state: ServerState | None,
     arrived: float,
     send_parts: SendParts | None = None,
+    push: Push | None = None,
 ) -> None:
     segment = found.segment
     assert segment is not None
@@ -334,6 +343,7 @@ async def _stream_segment(
     started = False
     index = 0
     sent = 0
+    pusher = _Pusher(push[0], metrics) if push is not None else None
     with scope:
         while await segment.wait_readable(index):
             # Everything from chunk ``index`` on: with the fast path's PARTS_EXTENSION the
@@ -378,6 +388,18 @@ async def _stream_segment(
                 await send(body)
             else:
                 await send_parts(pieces, True)
+            if pusher is not None:
+                # Written by the appending task from here, while that works.
+                pusher.taken = pusher.sent = 0
+                pusher.stalled = False
+                try:
+                    await segment.push_while(index, pusher)
+                finally:
+                    index += pusher.taken
+                    sent += pusher.sent
+                if pusher.stalled:
+                    assert push is not None
+                    await push[1]()
     # The response's last message is shielded: ending it makes hypercorn recycle or close
     # the connection inside this send, and the disconnect watcher's cancel (the client
     # hanging up as the answer ends, e.g. an HTTP/1.0 client) must not cut that short:
@@ -397,6 +419,39 @@ async def _stream_segment(
             headers.append(CONNECTION_CLOSE)
     with trio.CancelScope(shield=True):
         await send_response(send, 200, b"", headers)
+
+
+#: Larger chunks are not pushed: a publisher writing big chunks is usually sending as fast
+#: as it can, and a woken subscriber then finds several chunks to send in one ``writev``
+#: (fan-out measured 10-15 % slower with every chunk pushed on its own).
+PUSH_MAX = 16 * 1024
+
+
+class _Pusher:
+    """A subscriber's ``Segment.push_while`` callback: each new chunk to its socket."""
+
+    __slots__ = ("metrics", "sent", "stalled", "taken", "try_send")
+
+    def __init__(self, try_send: Callable[[Sequence[bytes]], int], metrics: Any) -> None:
+        self.try_send = try_send
+        self.metrics = metrics
+        self.taken = 0  # chunks written (or backlogged) since push_while began
+        self.sent = 0  # their bytes
+        self.stalled = False  # the last one is partly backlogged: flush before going on
+
+    def __call__(self, chunk: bytes) -> bool:
+        if len(chunk) > PUSH_MAX:
+            return False  # wake the task: it may find more chunks to send with this one
+        result = self.try_send((chunk,))
+        if not result:
+            return False
+        self.taken += 1
+        self.sent += len(chunk)
+        self.metrics.bytes_out += len(chunk)
+        if result == 1:
+            return True
+        self.stalled = True
+        return False
 
 
 async def _watch_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
