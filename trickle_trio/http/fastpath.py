@@ -29,6 +29,11 @@ subclasses hypercorn's own classes, without editing them, so that:
   chunked framing in its place up to the last chunk, which goes back to h11;
 * chunks waiting for a reader leave as they are, several in one ``writev``, never
   joined (ASGI extension :data:`~.faststream.PARTS_EXTENSION`);
+* a streaming response can be written to without waiting from another task
+  (:meth:`FastTCPServer.try_write`, ASGI extension :data:`~.faststream.PUSH_EXTENSION`):
+  a publisher's task writes each new chunk to its live subscribers as it appends it,
+  so no subscriber task is woken per chunk; what a socket takes only in part waits in a
+  backlog that the next write sends first;
 * a request without a body learns that its client left through a cancel scope it
   hands over (ASGI extension :data:`~.faststream.DISCONNECT_EXTENSION`), not a task per request
   waiting in ``receive()``; the Date header is formatted once a second.
