@@ -696,6 +696,32 @@ async def test_a_push_the_socket_takes_only_part_of_is_finished_in_order(
     assert 1 in pushes.answers
 
 
+async def test_a_delete_ends_a_pushed_subscriber_after_every_byte(
+    trickle_server: RunningServer, pushes: Pushes
+) -> None:
+    with trio.fail_after(LIMIT):
+        publisher = await connect(trickle_server.url)
+        await publisher.start("POST", "/cam/0")
+        await publisher.send(b"first;")
+        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
+        subscriber = await connect(trickle_server.url)
+        await subscriber.start("GET", "/cam/0")
+        await subscriber.end()
+        assert (await subscriber.head()).status == 200
+        for piece in (b"first;", b"two;", b"three;"):
+            if piece != b"first;":
+                await publisher.send(piece)
+            assert await subscriber.chunk() == piece
+        assert pushes.answers == [1, 1]  # the subscriber is parked, being pushed to
+        assert (await call(trickle_server.url, "DELETE", "/cam")).status == 200
+        assert await subscriber.chunk() is None  # its response ended, complete
+        reply = await publisher.response()
+        await publisher.aclose()
+        await subscriber.aclose()
+    assert subscriber.reply.body == b"first;two;three;"
+    assert reply.headers["lp-trickle-closed"] == "terminated"
+
+
 def test_a_pusher_leaves_big_chunks_and_cut_writes_to_its_task() -> None:
     answers = [1, 2]
     offered: list[Sequence[bytes]] = []
