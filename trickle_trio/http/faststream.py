@@ -70,6 +70,13 @@ class Batch(StreamEvent):
     events: tuple[StreamEvent, ...]
 
 
+@dataclass(frozen=True)
+class BodyParts(StreamEvent):
+    """Body bytes in pieces, in order, to be sent as if joined (one chunk when chunked)."""
+
+    parts: Sequence[bytes]
+
+
 class FastH11Protocol(H11Protocol):
     """hypercorn's H11Protocol, writing each :class:`Batch` in one go without copies,
     and decoding a taken-over chunked body itself (see :data:`BODY_EXTENSION`)."""
@@ -85,18 +92,11 @@ class FastH11Protocol(H11Protocol):
 
         0 unless h11 is in the middle of a chunked response body (see send_chunk).
         """
-        connection = self.connection
         try_write = self.try_write
-        if (
-            try_write is None
-            or connection.our_state is not h11.SEND_BODY
-            or type(getattr(connection, "_writer", None)) is not ChunkedWriter
-        ):
+        framed: list[bytes] = []
+        if try_write is None or not _frame_chunk(self.connection, parts, framed):
             return 0
-        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-        if not size:
-            return 1
-        return try_write((b"%x\r\n" % size, *parts, b"\r\n"))
+        return try_write(framed) if framed else 1
 
     async def flush(self) -> None:
         """Write what :meth:`try_chunk` left unwritten (see ``FastTCPServer.flush``)."""
@@ -112,18 +112,13 @@ class FastH11Protocol(H11Protocol):
         Otherwise (HTTP/1.0, Content-Length, an error state) they go through h11 like
         any other event.
         """
-        connection = self.connection
         write = self.write_parts
-        if (
-            write is not None
-            and connection.our_state is h11.SEND_BODY
-            and type(getattr(connection, "_writer", None)) is ChunkedWriter
-        ):
-            size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-            if size:
-                await write((b"%x\r\n" % size, *parts, b"\r\n"))
+        framed: list[bytes] = []
+        if write is not None and _frame_chunk(self.connection, parts, framed):
+            if framed:
+                await write(framed)
             return
-        await self.stream_send(Batch(STREAM_ID, tuple(Body(STREAM_ID, p) for p in parts)))
+        await self.stream_send(Batch(STREAM_ID, (BodyParts(STREAM_ID, parts),)))
 
     async def handle(self, event: Event) -> None:
         if type(event) is RawData:
@@ -172,6 +167,15 @@ class FastH11Protocol(H11Protocol):
         parts: list[bytes] = []
         for item in event.events:
             h11_event: Any
+            if type(item) is BodyParts:
+                if _frame_chunk(connection, item.parts, parts):
+                    continue
+                # Not chunked (HTTP/1.0, Content-Length): h11 must count every piece.
+                if not all(
+                    self._send_h11(connection, h11.Data(data=part), parts) for part in item.parts
+                ):
+                    break
+                continue
             if type(item) is Body:
                 h11_event = h11.Data(data=item.data)
             elif type(item) is EndBody:
@@ -182,17 +186,24 @@ class FastH11Protocol(H11Protocol):
                 if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                     headers.append((b"connection", b"close"))
                 h11_event = h11.Response(headers=headers, status_code=item.status_code)
-            try:
-                data = connection.send_with_data_passthrough(h11_event)
-            except h11.LocalProtocolError:
-                # As hypercorn: a client that broke its own request gets nothing more.
-                if connection.their_state != h11.ERROR:
-                    raise
+            if not self._send_h11(connection, h11_event, parts):
                 break
-            if data:
-                parts.extend(data)
         if parts:
             await self.send(WriteParts(parts))
+
+    @staticmethod
+    def _send_h11(connection: h11.Connection, event: Any, parts: list[bytes]) -> bool:
+        """Add h11's bytes for ``event`` to ``parts``; False: nothing more may be sent."""
+        try:
+            data = connection.send_with_data_passthrough(event)
+        except h11.LocalProtocolError:
+            # As hypercorn: a client that broke its own request gets nothing more.
+            if connection.their_state != h11.ERROR:
+                raise
+            return False
+        if data:
+            parts.extend(data)
+        return True
 
     async def _create_stream(self, request: h11.Request) -> None:
         if _is_upgrade(request):
@@ -229,6 +240,25 @@ class FastH11Protocol(H11Protocol):
         )
         self.keep_alive_requests += 1
         await self.context.mark_request()
+
+
+def _frame_chunk(connection: Any, pieces: Sequence[bytes], out: list[bytes]) -> bool:
+    """Add ``pieces`` to ``out`` framed as one chunk, if h11 is in the middle of a
+    chunked body (True; nothing added for no bytes: an empty chunk would end the body).
+
+    h11 keeps no state for a chunk of body (its ChunkedWriter only frames), so there is
+    nothing to tell it. False when the body is not chunked: then h11 must see each piece.
+    """
+    if connection.our_state is not h11.SEND_BODY or (
+        type(getattr(connection, "_writer", None)) is not ChunkedWriter
+    ):
+        return False
+    size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+    if size:
+        out.append(b"%x\r\n" % size)
+        out.extend(pieces)
+        out.append(b"\r\n")
+    return True
 
 
 def _between_chunks(connection: h11.Connection) -> bool:
@@ -409,7 +439,7 @@ class FastHTTPStream(HTTPStream):
             events.append(self._held)
             self._held = None
         if pieces and not self._bare:
-            events.extend(Body(self.stream_id, piece) for piece in pieces)
+            events.append(BodyParts(self.stream_id, pieces))
         trailers = bool(self.response.get("trailers", False))
         if not more_body and not trailers:
             events.append(EndBody(self.stream_id))
