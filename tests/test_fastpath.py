@@ -27,6 +27,7 @@ from trickle_trio.channels import Segment
 from trickle_trio.config import Settings
 from trickle_trio.core.segment import SegmentState
 from trickle_trio.http import fastpath, faststream, streams
+from trickle_trio.http.reactor import Reactor, current_reactor
 from trickle_trio.server import RunningServer, open_server
 
 from .sockets import call, connect, until
@@ -810,3 +811,83 @@ async def test_try_write_never_cuts_into_another_write_and_keeps_the_order() -> 
     assert bytes(received) == expected
     for sock in (ours, peer, listener):
         sock.close()
+
+
+# -- the reactor: a taken-over body between chunks is read without waking its task --------
+
+
+async def _parked_publisher(server: RunningServer, takeovers: Takeovers) -> tuple[Any, Reactor]:
+    """A publisher whose body the reader decodes, its socket now waiting in the reactor."""
+    reactor = current_reactor()
+    assert reactor is not None
+    conn = await _taken_publisher(server.url, takeovers)
+    await conn.send(b"third;")  # decoded by the connection's task: the reactor is next
+    await until(lambda: _stored(server, "cam", 0) == 12 and len(reactor) == 1)
+    return conn, reactor
+
+
+async def test_a_live_publisher_is_read_by_the_reactor_not_its_task(
+    trickle_server: RunningServer, takeovers: Takeovers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = {"reactor": 0, "task": 0}
+    read_ready = fastpath.FastTCPServer._read_ready
+    receive = fastpath.FastTCPServer._receive
+
+    def counted_ready(self: fastpath.FastTCPServer) -> bool:
+        counts["reactor"] += 1
+        return read_ready(self)
+
+    async def counted_receive(self: fastpath.FastTCPServer) -> bytes:
+        counts["task"] += 1
+        return await receive(self)
+
+    monkeypatch.setattr(fastpath.FastTCPServer, "_read_ready", counted_ready)
+    monkeypatch.setattr(fastpath.FastTCPServer, "_receive", counted_receive)
+    pieces = [b"%02d;" % n for n in range(20)]
+    with trio.fail_after(LIMIT):
+        conn, reactor = await _parked_publisher(trickle_server, takeovers)
+        before = dict(counts)
+        sent = [b"first;third;"]
+        for piece in pieces:  # paced: each one stored before the next is sent
+            await conn.send(piece)
+            sent.append(piece)
+            await until(lambda: _stored(trickle_server, "cam", 0) == sum(map(len, sent)))
+        assert counts["reactor"] - before["reactor"] == len(pieces)
+        assert counts["task"] == before["task"]  # the connection's task slept throughout
+        await conn.end()
+        assert (await conn.response()).status == 200  # the end went back to the task
+        assert len(reactor) == 0
+        conn.h11.start_next_cycle()
+        del conn.reply
+        await conn.start("GET", "/cam/0")  # and the connection carries on
+        reply = await conn.response()
+        await conn.aclose()
+    assert reply.body == b"first;third;" + b"".join(pieces)
+
+
+async def test_bad_framing_read_by_the_reactor_is_a_400(
+    trickle_server: RunningServer, takeovers: Takeovers
+) -> None:
+    with trio.fail_after(LIMIT):
+        conn, reactor = await _parked_publisher(trickle_server, takeovers)
+        await conn.stream.send_all(b"5\r\nfourth\r\n")  # one byte too many
+        assert (await conn.head()).status == 400
+        assert await conn.stream.receive_some(100) == b""  # and the connection closed
+        await conn.aclose()
+        stored = await call(trickle_server.url, "GET", "/cam/0")
+    assert stored.body == b"first;third;fourt"
+    assert len(reactor) == 0
+
+
+async def test_a_connection_closed_while_its_socket_waits_in_the_reactor_lets_it_go(
+    takeovers: Takeovers,
+) -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, max_segment_bytes=1000)
+    async with open_server(settings) as server:
+        with trio.fail_after(LIMIT):
+            conn, reactor = await _parked_publisher(server, takeovers)
+            await conn.stream.send_all(_chunked([b"b" * 1000]))  # over the limit
+            assert (await conn.head()).status == 413  # answered and closed by the app...
+            assert await conn.stream.receive_some(100) == b""
+            await until(lambda: len(reactor) == 0)  # ...which woke the parked reader
+            await conn.aclose()

@@ -26,7 +26,10 @@ subclasses hypercorn's own classes, without editing them, so that:
   POST does after its first byte) is handed to the app's callback by the connection's
   reader, with no ``http.request`` message, queue or task switch per chunk; once h11
   stands between two chunks, :class:`~trickle_trio.core.chunked.ChunkedBody` decodes the
-  chunked framing in its place up to the last chunk, which goes back to h11;
+  chunked framing in its place up to the last chunk, which goes back to h11; while such
+  a body waits for its next chunk, its socket waits in the
+  :class:`~trickle_trio.http.reactor.Reactor` (one task, one epoll set for all of them),
+  which reads and decodes the chunk without waking the connection's task;
 * chunks waiting for a reader leave as they are, several in one ``writev``, never
   joined (ASGI extension :data:`~.faststream.PARTS_EXTENSION`);
 * a streaming response can be written to without waiting from another task
@@ -68,7 +71,9 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
+from ..core.chunked import BadChunk
 from .faststream import FastH11Protocol, WriteParts
+from .reactor import Reactor, current_reactor
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +147,11 @@ class FastTCPServer(TCPServer):
         self._unyielded = 0  # writes since the last scheduler pass in _write
         # What try_write could not write at once; the next _write sends it first.
         self._backlog: list[bytes | memoryview] = []
+        # Set while this connection's socket waits in the reactor (see _read_data).
+        self._reactor: Reactor | None = None
+        self._handed: bytes | None = None  # what _read_ready leaves for the task
+        self._bad_body = False
+        self._closing = False  # _close began: never wait in the reactor again
 
     async def run(self) -> None:
         if not self._fast:
@@ -266,11 +276,28 @@ class FastTCPServer(TCPServer):
             lock.release()
 
     async def _read_data(self) -> None:
-        receive = self._receive if hasattr(self.stream, "socket") else self._receive_tls
+        plain = hasattr(self.stream, "socket")
+        receive = self._receive if plain else self._receive_tls
         timeout = self.config.read_timeout
+        reactor = current_reactor() if plain and timeout is None else None
         while True:
+            h11_protocol: Any = self.protocol.protocol  # hypercorn may switch it (h2c)
             try:
-                if timeout is None:
+                if (
+                    reactor is not None
+                    and self._drained
+                    and type(h11_protocol) is FastH11Protocol
+                    and h11_protocol.decoding_body
+                ):
+                    # A taken-over body between two chunks: wait in the reactor, which
+                    # decodes the chunks that follow without waking this task.
+                    data = await self._wait_in_reactor(reactor)
+                    if data is None:
+                        if self._bad_body:
+                            self._bad_body = False
+                            await h11_protocol.body_failed()
+                        continue
+                elif timeout is None:
                     data = await receive()
                 else:
                     with trio.fail_after(timeout):
@@ -281,6 +308,69 @@ class FastTCPServer(TCPServer):
             if not data:
                 break
         await self.protocol.handle(Closed())
+
+    async def _wait_in_reactor(self, reactor: Reactor) -> bytes | None:
+        """Let the reactor read the socket (``_read_ready``) until it hands back bytes
+        for this task (None: nothing to handle; the socket may have been closed).
+
+        Cancellation: the socket leaves the reactor; nothing was lost.
+        """
+        sock: Any = self.stream.socket
+        fd = sock.fileno()
+        if fd < 0 or self._closing:
+            raise trio.ClosedResourceError("connection closed")
+        self._reactor = reactor
+        try:
+            await reactor.wait(fd, self._read_ready)
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        finally:
+            self._reactor = None
+        data, self._handed = self._handed, None
+        return data
+
+    def _read_ready(self) -> bool:
+        """The reactor's callback: read once and decode; True to stay in the reactor.
+
+        Hands back to the task (False) a read that is not one more piece of the body
+        between chunks: end of stream, a full read (a burst: the task reads on by
+        itself), the bytes after the body's last chunk, or bad framing.
+        """
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            return False
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return True
+        self._drained = len(data) < READ_SIZE
+        protocol: Any = self.protocol.protocol
+        if (
+            not data
+            or not self._drained
+            or type(protocol) is not FastH11Protocol
+            or not protocol.decoding_body
+        ):
+            self._handed = data
+            return False
+        try:
+            rest = protocol.feed_body(data)
+        except BadChunk:
+            self._bad_body = True
+            return False
+        if rest is None:
+            return True
+        self._handed = rest
+        return False
+
+    async def _close(self) -> None:
+        # Wake a reader waiting in the reactor before its socket goes (a closed fd leaves
+        # the epoll set silently), and keep it from going back there meanwhile.
+        self._closing = True
+        reactor = self._reactor
+        if reactor is not None:
+            reactor.release(self.stream.socket.fileno())
+        await super()._close()
 
     async def _receive_tls(self) -> bytes:
         return bytes(await self.stream.receive_some(READ_SIZE))

@@ -122,24 +122,45 @@ class FastH11Protocol(H11Protocol):
 
     async def handle(self, event: Event) -> None:
         if type(event) is RawData:
-            body = self._body
-            if body is None and self._can_take_body():
-                body = self._body = ChunkedBody(self.config.h11_max_incomplete_size)
-            if body is not None:
+            if self._body is None and self._can_take_body():
+                self._body = ChunkedBody(self.config.h11_max_incomplete_size)
+            if self._body is not None:
                 try:
-                    rest = body.feed(event.data, self._deliver)
+                    rest = self.feed_body(event.data)
                 except BadChunk:
-                    self._body = None
-                    # As hypercorn answers h11's RemoteProtocolError.
-                    if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
-                        await self._send_error_response(400)
-                    await self.send(Closed())
+                    await self.body_failed()
                     return
                 if rest is None:
                     return
-                self._body = None  # the last chunk: h11 reads the rest
                 event = RawData(data=rest)
         await super().handle(event)
+
+    @property
+    def decoding_body(self) -> bool:
+        """True while the request body is decoded here (see :meth:`feed_body`)."""
+        return self._body is not None
+
+    def feed_body(self, data: bytes) -> bytes | None:
+        """Decode ``data`` as more of the body being decoded here (synchronously: the
+        reactor calls this too). None: all consumed, the body goes on. Else the bytes
+        from the last-chunk line on, for h11 (``handle(RawData(rest))``). Raises
+        BadChunk (then :meth:`body_failed` must follow)."""
+        body = self._body
+        assert body is not None
+        try:
+            rest = body.feed(data, self._deliver)
+        except BadChunk:
+            self._body = None
+            raise
+        if rest is not None:
+            self._body = None  # the last chunk: h11 reads the rest
+        return rest
+
+    async def body_failed(self) -> None:
+        """Answer malformed body framing as hypercorn answers h11's RemoteProtocolError."""
+        if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+            await self._send_error_response(400)
+        await self.send(Closed())
 
     def _can_take_body(self) -> bool:
         stream = self.stream
