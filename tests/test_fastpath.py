@@ -891,3 +891,18 @@ async def test_a_connection_closed_while_its_socket_waits_in_the_reactor_lets_it
             assert await conn.stream.receive_some(100) == b""
             await until(lambda: len(reactor) == 0)  # ...which woke the parked reader
             await conn.aclose()
+
+
+async def test_shutdown_answers_a_publisher_whose_socket_waits_in_the_reactor(
+    takeovers: Takeovers,
+) -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, graceful_timeout=30)
+    with trio.fail_after(LIMIT):  # well inside graceful_timeout: nothing was cut
+        async with open_server(settings) as server:
+            conn, reactor = await _parked_publisher(server, takeovers)
+            await server.shutdown()
+            reply = await conn.response()
+            await conn.aclose()
+            assert len(reactor) == 0
+    assert reply.status == 200
+    assert reply.headers["lp-trickle-closed"] == "terminated"
