@@ -634,20 +634,27 @@ def pushes(monkeypatch: pytest.MonkeyPatch) -> Pushes:
     return record
 
 
+async def _live_pair(server: RunningServer) -> tuple[Any, Any]:
+    """A publisher mid-segment (``first;`` sent) and a subscriber that got the head and
+    those bytes: from here on, the subscriber is written to by pushes."""
+    publisher = await connect(server.url)
+    await publisher.start("POST", "/cam/0")
+    await publisher.send(b"first;")
+    await until(lambda: _stored(server, "cam", 0) == 6)
+    subscriber = await connect(server.url)
+    await subscriber.start("GET", "/cam/0")
+    await subscriber.end()
+    assert (await subscriber.head()).status == 200
+    assert await subscriber.chunk() == b"first;"
+    return publisher, subscriber
+
+
 async def test_a_live_subscriber_is_written_by_the_publishers_task(
     trickle_server: RunningServer, pushes: Pushes
 ) -> None:
     pieces = [b"%03d;" % n for n in range(30)]
     with trio.fail_after(LIMIT):
-        publisher = await connect(trickle_server.url)
-        await publisher.start("POST", "/cam/0")
-        await publisher.send(b"first;")
-        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
-        subscriber = await connect(trickle_server.url)
-        await subscriber.start("GET", "/cam/0")
-        await subscriber.end()
-        assert (await subscriber.head()).status == 200
-        assert await subscriber.chunk() == b"first;"
+        publisher, subscriber = await _live_pair(trickle_server)
         for piece in pieces:  # paced as a live stream: each one read before the next
             await publisher.send(piece)
             assert await subscriber.chunk() == piece
@@ -669,15 +676,7 @@ async def test_a_push_the_socket_takes_only_part_of_is_finished_in_order(
     piece = bytes(range(256)) * 60  # 15,360 bytes: small enough to be pushed
     sent: list[bytes] = []
     with trio.fail_after(LIMIT * 3):
-        publisher = await connect(trickle_server.url)
-        await publisher.start("POST", "/cam/0")
-        await publisher.send(b"first;")
-        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
-        subscriber = await connect(trickle_server.url)
-        await subscriber.start("GET", "/cam/0")
-        await subscriber.end()
-        assert (await subscriber.head()).status == 200
-        assert await subscriber.chunk() == b"first;"
+        publisher, subscriber = await _live_pair(trickle_server)
         while 2 not in pushes.answers:
             data = b"%06d" % len(sent) + piece
             await publisher.send(data)
@@ -703,17 +702,9 @@ async def test_a_delete_ends_a_pushed_subscriber_after_every_byte(
     trickle_server: RunningServer, pushes: Pushes
 ) -> None:
     with trio.fail_after(LIMIT):
-        publisher = await connect(trickle_server.url)
-        await publisher.start("POST", "/cam/0")
-        await publisher.send(b"first;")
-        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
-        subscriber = await connect(trickle_server.url)
-        await subscriber.start("GET", "/cam/0")
-        await subscriber.end()
-        assert (await subscriber.head()).status == 200
-        for piece in (b"first;", b"two;", b"three;"):
-            if piece != b"first;":
-                await publisher.send(piece)
+        publisher, subscriber = await _live_pair(trickle_server)
+        for piece in (b"two;", b"three;"):
+            await publisher.send(piece)
             assert await subscriber.chunk() == piece
         assert pushes.answers == [1, 1]  # the subscriber is parked, being pushed to
         assert (await call(trickle_server.url, "DELETE", "/cam")).status == 200
@@ -747,15 +738,7 @@ async def test_a_subscriber_gone_while_pushed_to_is_let_go(
     trickle_server: RunningServer, pushes: Pushes
 ) -> None:
     with trio.fail_after(LIMIT):
-        publisher = await connect(trickle_server.url)
-        await publisher.start("POST", "/cam/0")
-        await publisher.send(b"first;")
-        await until(lambda: _stored(trickle_server, "cam", 0) == 6)
-        subscriber = await connect(trickle_server.url)
-        await subscriber.start("GET", "/cam/0")
-        await subscriber.end()
-        assert (await subscriber.head()).status == 200
-        assert await subscriber.chunk() == b"first;"
+        publisher, subscriber = await _live_pair(trickle_server)
         await publisher.send(b"pushed;")
         assert await subscriber.chunk() == b"pushed;"
         await subscriber.aclose()
