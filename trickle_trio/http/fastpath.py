@@ -73,6 +73,7 @@ from hypercorn.utils import parse_socket_addr
 
 from ..core.chunked import BadChunk
 from .faststream import FastH11Protocol, WriteParts
+from .listener import install_for_hypercorn
 from .reactor import Reactor, current_reactor
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def enable(app: Any) -> None:
 
 
 def install() -> bool:
-    """Make hypercorn's trio worker build :class:`FastTCPServer` connections.
+    """Make hypercorn's trio worker build :class:`FastTCPServer` connections, and
+    accept connections in batches (:mod:`trickle_trio.http.listener`).
 
     Idempotent. Returns False, and leaves hypercorn alone, when the installed hypercorn
     is not one this module was tested with.
@@ -107,6 +109,7 @@ def install() -> bool:
         logger.warning("fast path off: untested hypercorn version=%s", version)
         return False
     setattr(hypercorn_run, "TCPServer", FastTCPServer)  # ruff: ignore[set-attr-with-constant] (not re-exported)
+    install_for_hypercorn()
     logger.info("fast path on hypercorn=%s", version)
     return True
 
