@@ -79,6 +79,9 @@ async def subscribe_and_terminate(
     publisher = await connect(url)
     await publisher.start("POST", "/cam/0")
     await publisher.send(b"frame")
+    # Two connections are served in no particular order: wait for the channel to exist.
+    while (await call(url, "GET", "/cam/next")).status != 200:  # ruff: ignore[async-busy-wait]
+        await trio.sleep(POLL_INTERVAL)
     subscriber: Conn = await connect(url)
     await subscriber.start("GET", "/cam/0")
     await subscriber.end()
