@@ -11,9 +11,11 @@ back, and its subscribers get 470). This listener takes up to :data:`ACCEPT_BATC
 connections that are already waiting without a scheduler pass in between, then passes.
 
 :func:`install_for_hypercorn` makes hypercorn's trio worker build its listeners with
-this class (only hypercorn's own view of ``trio`` changes). Anything but a connection
-that is there at once (nothing waiting, an error, a closed socket) goes through trio's
-own ``accept``, which handles it as it always does.
+this class (only hypercorn's own view of ``trio`` changes). Unlike the fast classes it
+is not per app: once installed, every hypercorn server the process starts gets it; it
+changes only how many connections one scheduler pass takes, never what they carry.
+Anything but a connection that is there at once (nothing waiting, an error, a closed
+socket) goes through trio's own ``accept``, which handles it as it always does.
 """
 
 from __future__ import annotations
