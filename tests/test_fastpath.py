@@ -789,7 +789,7 @@ async def test_try_write_never_cuts_into_another_write_and_keeps_the_order() -> 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
-            await connection.flush()
+            await connection._write(())  # what the protocol's flush does: the backlog
             await connection._write([b"next"])
     assert bytes(received) == expected
     for sock in (ours, peer, listener):

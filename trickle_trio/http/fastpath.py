@@ -223,7 +223,8 @@ class FastTCPServer(TCPServer):
         socket is full, closed or broken: the caller then sends through the awaited
         path, which also finds out about a broken connection), 1 when everything was
         written, 2 when only a part was: the rest waits in a backlog that the next
-        write (or :meth:`flush`) sends first. Plain sockets only. Never a checkpoint.
+        write sends first (``_write(())`` sends only that). Plain sockets only. Never a
+        checkpoint.
         """
         if self._backlog or self.send_lock.locked():
             return 0
@@ -240,16 +241,6 @@ class FastTCPServer(TCPServer):
                 return 2
             written -= len(part)
         return 1
-
-    async def flush(self) -> None:
-        """Send what :meth:`try_write` left in the backlog, waiting for the socket.
-
-        Cancellation: shielded like every write.
-        """
-        if self._backlog:
-            await self._write(())
-        else:
-            await trio.lowlevel.checkpoint()
 
     async def _write(self, parts: Sequence[bytes]) -> None:
         lock = self.send_lock

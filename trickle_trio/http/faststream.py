@@ -99,7 +99,8 @@ class FastH11Protocol(H11Protocol):
         return try_write(framed) if framed else 1
 
     async def flush(self) -> None:
-        """Write what :meth:`try_chunk` left unwritten (see ``FastTCPServer.flush``)."""
+        """Write what :meth:`try_chunk` left unwritten: an empty write sends the
+        connection's backlog (``FastTCPServer._write``), waiting for the socket."""
         await self.send(WriteParts(()))
 
     async def send_chunk(self, parts: Sequence[bytes]) -> None:
