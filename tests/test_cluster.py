@@ -502,8 +502,9 @@ async def test_requests_of_one_client_connection_reuse_one_backend_connection(
             del conn.reply
         await conn.aclose()
     # HTTP/1.1 keep-alive from HAProxy to the backend: the same TCP connection each time.
-    assert all(sockets == used[0] for sockets in used), used
-    assert used[0]
+    # (The first sample may still show the connection of an earlier request closing.)
+    assert all(sockets <= used[0] for sockets in used), used  # no new backend connection
+    assert set.intersection(*used), used  # and one carried every request
 
 
 def gone(pid: int) -> bool:
