@@ -61,7 +61,8 @@ def _hook_request() -> HookRequest:
 def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> QuartTrio:
     """Build the ASGI app for ``settings`` serving ``registry`` (or its own, see above)."""
     app = QuartTrio("trickle_trio")
-    # Streams must never be cut by Quart: see ../shared/notes/ECOSYSTEM.md rows 1-3.
+    # Streams must never be cut by Quart: RESPONSE_TIMEOUT (60 s) ends a routed stream, and
+    # MAX_CONTENT_LENGTH answers 413 to a large declared body.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
