@@ -116,3 +116,108 @@ async def call(url: str, method: str, path: str, body: bytes = b"") -> Reply:
         return await conn.response()
     finally:
         await conn.aclose()
+
+
+@dataclass
+class Raw:
+    """What a server sent on a connection: the bytes, and whether it closed it."""
+
+    data: bytes
+    closed: bool
+
+    @property
+    def statuses(self) -> list[int]:
+        """The status of every response in ``data`` (pipelined responses too)."""
+        return [
+            int(line.split(b" ")[1]) for line in self.data.split(b"\r\n") if line[:5] == b"HTTP/"
+        ]
+
+
+async def send_raw(url: str, data: bytes, *, until_closed: bool = True, responses: int = 1) -> Raw:
+    """Send ``data`` as is on a new connection and read what comes back: until the server
+    closes it (``until_closed``), or else until ``responses`` whole answers with
+    ``Content-Length`` arrived. Only call under ``fail_after``."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    received = b""
+    closed = False
+    try:
+        await stream.send_all(data)
+        while until_closed or _whole_responses(received) < responses:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:  # reset after the answer: closed too
+                chunk = b""
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    finally:
+        await stream.aclose()
+    return Raw(received, closed)
+
+
+def _whole_responses(data: bytes) -> int:
+    count = 0
+    while True:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if not found:
+            return count
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(rest) < length:
+            return count
+        count += 1
+        data = rest[length:]
+
+
+async def h2_request(
+    url: str, method: str, path: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, bytes]:
+    """One request over HTTP/2 with prior knowledge on a cleartext connection; ``path``
+    goes into ``:path`` exactly as given. Returns the status and the body."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    config = h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False
+    )
+    connection = h2.connection.H2Connection(config)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    try:
+        connection.initiate_connection()
+        request = [
+            (b":method", method.encode()),
+            (b":scheme", b"http"),
+            (b":authority", parts.netloc.encode()),
+            (b":path", path),
+            *(headers or []),
+        ]
+        connection.send_headers(1, request, end_stream=True)
+        await stream.send_all(connection.data_to_send())
+        status = 0
+        body = b""
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise AssertionError("HTTP/2 connection closed before the response ended")
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(len(event.data), event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status, body
+            await stream.send_all(connection.data_to_send())
+    finally:
+        await stream.aclose()

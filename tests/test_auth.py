@@ -76,6 +76,79 @@ async def test_only_publish_token_leaves_subscribing_open(nursery: trio.Nursery)
     assert (await request(app, "GET", "/cam/0")).body == b"x"
 
 
+# -- every token configuration, every route kind --------------------------------------
+
+#: (method, path, access): one request per route kind; "open" never needs a token,
+#: "read" the subscribe (or publish) token, "write" the publish token.
+ROUTE_KINDS = [
+    ("GET", "/healthz", "open"),
+    ("GET", "/readyz", "open"),
+    ("GET", "/metrics", "open"),
+    ("GET", "/_status", "write"),
+    ("POST", "/new", "write"),
+    ("DELETE", "/cam", "write"),
+    ("POST", "/cam/1", "write"),
+    ("DELETE", "/cam/0", "write"),
+    ("GET", "/cam/0", "read"),
+    ("GET", "/cam/next", "read"),
+    ("GET", "/_changes/0", "read"),
+    ("GET", "/no/such/route", "read"),
+    ("PUT", "/cam/0", "write"),
+]
+CONFIGURATIONS = {
+    "none": {},
+    "publish only": {"publish_token": PUB},
+    "both": {"publish_token": PUB, "subscribe_token": SUB},
+}
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+@pytest.mark.parametrize("presented", [None, "wrong-token-0123456789", SUB, PUB])
+@pytest.mark.parametrize(("method", "path", "access"), ROUTE_KINDS)
+async def test_every_configuration_and_route_kind(
+    nursery: trio.Nursery,
+    configuration: str,
+    presented: str | None,
+    method: str,
+    path: str,
+    access: str,
+) -> None:
+    tokens = CONFIGURATIONS[configuration]
+    settings = Settings(autocreate=True, changefeed=True, **tokens)
+    app = create_app(settings, ChannelRegistry.from_settings(nursery, settings))
+    setup = bearer(PUB) if "publish_token" in tokens else []
+    assert (await request(app, "POST", "/cam/0", b"x", headers=setup)).status == 200
+    if access == "open":
+        allowed = True
+    elif access == "write":
+        allowed = "publish_token" not in tokens or presented == PUB
+    else:
+        allowed = "subscribe_token" not in tokens or presented in (SUB, PUB)
+    headers = bearer(presented) if presented else []
+    response = await request(app, method, path, headers=headers)
+    if allowed:
+        assert response.status != 401, response.body
+    else:
+        assert (response.status, response.body) == (401, b"Unauthorized\n")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ({"subscribe_token": SUB}, "subscribe_token is set without publish_token"),
+        ({"publish_token": PUB, "subscribe_token": PUB}, "are the same"),
+    ],
+    ids=["subscribe only", "the same value for both"],
+)
+def test_token_configurations_that_cannot_mean_what_they_say_are_refused(
+    tokens: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings(**tokens)
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({f"TRICKLE_{name.upper()}": value for name, value in tokens.items()})
+
+
 @pytest.mark.parametrize("token", ["short", "has a space 0123456789", "tab\t0123456789abcdef"])
 def test_weak_or_odd_tokens_are_refused_at_start(token: str) -> None:
     with pytest.raises(SettingsError, match="publish_token must be at least 16"):

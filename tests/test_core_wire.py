@@ -73,17 +73,6 @@ def test_normalize_base_path(given: str, normal: str) -> None:
     assert wire.normalize_base_path(given) == normal
 
 
-def test_split_path() -> None:
-    assert wire.split_path("/cam", "/") == wire.Route("cam", None)
-    assert wire.split_path("/cam/3", "/") == wire.Route("cam", "3")
-    assert wire.split_path("/cam/", "/") == wire.Route("cam", "")
-    assert wire.split_path("/t/cam/next", "/t/") == wire.Route("cam", "next")
-    assert wire.split_path("/cam/3", "/t/") is None
-    assert wire.split_path("/", "/") is None
-    assert wire.split_path("/a/b/c", "/") is None
-    assert wire.split_path("//3", "/") is None
-
-
 @pytest.mark.parametrize(
     ("seq", "next_write", "resolved"),
     [

@@ -105,6 +105,7 @@ class Settings:
     #: Bearer token for publishing, creating, deleting and the status view (None = open).
     publish_token: str | None = None
     #: Bearer token for subscribing and /next (None = open). The publish token works too.
+    #: Needs ``publish_token``, and a different value (refused at start-up otherwise).
     subscribe_token: str | None = None
     #: Hooks, only settable from Python (not from the environment).
     before_create: Hook | None = field(default=None, compare=False, repr=False)
@@ -140,6 +141,18 @@ class Settings:
             token = getattr(self, name)
             if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
                 raise SettingsError(f"{name} must be at least 16 printable characters, no spaces")
+        # Token configurations that cannot mean what they say are refused.
+        if self.subscribe_token is not None and self.publish_token is None:
+            raise SettingsError(
+                "subscribe_token is set without publish_token: anyone could then publish to,"
+                " delete and list the channels that only token holders may read;"
+                " set publish_token too"
+            )
+        if self.publish_token is not None and self.publish_token == self.subscribe_token:
+            raise SettingsError(
+                "publish_token and subscribe_token are the same: every subscriber could"
+                " publish and delete; use two different tokens"
+            )
         if (self.certfile is None) != (self.keyfile is None):
             raise SettingsError("certfile and keyfile must be given together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -7,7 +7,6 @@ wire, so that clients written against it work unchanged. Imports only the stdlib
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
 
 #: Response header: the seq a response is about.
@@ -99,31 +98,6 @@ def normalize_base_path(base_path: str) -> str:
     """``"trickle"`` -> ``"/trickle/"``; ``""`` and ``"/"`` -> ``"/"``."""
     stripped = base_path.strip("/")
     return "/" if not stripped else f"/{stripped}/"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A request path split under the base path: ``/{channel}`` or ``/{channel}/{seq}``."""
-
-    channel: str
-    seq: str | None
-
-
-def split_path(path: str, base_path: str) -> Route | None:
-    """Split ``path`` into channel and seq text, or None if it is not a trickle route.
-
-    ``base_path`` must be normalized (see :func:`normalize_base_path`). The channel and
-    seq are returned unvalidated; callers check them with :func:`check_channel_name` and
-    :func:`parse_seq` so that each gets its own 4xx.
-    """
-    if not path.startswith(base_path):
-        return None
-    parts = path[len(base_path) :].split("/")
-    if len(parts) == 1 and parts[0]:
-        return Route(parts[0], None)
-    if len(parts) == 2 and parts[0]:
-        return Route(parts[0], parts[1])
-    return None
 
 
 def resolve_read_seq(seq: int, next_write: int) -> int:

@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from ..config import Settings
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, LimitExceededError
+from ..core.routing import Kind, Route
 from ..registry import ChannelRegistry
 from . import fastpath
 from .guard import Guard
@@ -78,8 +79,19 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         return state.registry
 
     reserved = state.reserved
+    # Routes are matched on the guard's normalised path; the views take the channel and
+    # seq from the guard's decision (``routed``), never from the URL again.
+    app.url_map.merge_slashes = False
 
-    def checked_name(name: str) -> str | None:
+    def routed(kind: Kind) -> Route | None:
+        """This request's route decision, if it is of ``kind`` (it always is: the path
+        Quart matched is the decision's own)."""
+        route = state.route(request.scope)
+        return route if isinstance(route, Route) and route.kind is kind else None
+
+    def checked_name(name: str | None) -> str | None:
+        if name is None:
+            return None
         try:
             wire.check_channel_name(name, max_length=settings.max_name_length)
         except wire.InvalidChannelName:
@@ -132,9 +144,11 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
             return _plain(503, "draining\n")
         return _plain(200, "ready\n")
 
-    @app.post(f"{base}<name>")
-    async def create(name: str) -> Response:
-        if checked_name(name) is None:
+    @app.post(f"{base}<_name>")
+    async def create(_name: str) -> Response:
+        route = routed(Kind.CHANNEL)
+        name = checked_name(route.channel if route else None)
+        if name is None:
             return _error(400, "Invalid channel name")
         try:
             await run_hook(settings.before_create, _hook_request(), name)
@@ -151,9 +165,11 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
                 return _error(exc.status, exc.message)
         return _plain(200)
 
-    @app.delete(f"{base}<name>")
-    async def delete(name: str) -> Response:
-        if checked_name(name) is None:
+    @app.delete(f"{base}<_name>")
+    async def delete(_name: str) -> Response:
+        route = routed(Kind.CHANNEL)
+        name = checked_name(route.channel if route else None)
+        if name is None:
             return _error(400, "Invalid channel name")
         try:
             await run_hook(settings.before_delete, _hook_request(), name)
@@ -165,13 +181,15 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
             return _error(400, wire.INVALID_STREAM)
         return _plain(200)
 
-    @app.delete(f"{base}<name>/<seq>")
-    async def close_seq(name: str, seq: str) -> Response:
+    @app.delete(f"{base}<_name>/<_seq>")
+    async def close_seq(_name: str, _seq: str) -> Response:
+        route = routed(Kind.SEQ)
         try:
-            number = wire.parse_seq(seq)
+            number = wire.parse_seq(route.seq if route and route.seq else "")
         except wire.InvalidSeq:
             return _error(400, wire.INVALID_IDX)
-        channel = channels().get(name) if checked_name(name) else None
+        name = checked_name(route.channel if route else None)
+        channel = channels().get(name) if name else None
         if channel is None:
             return _error(404, wire.STREAM_NOT_FOUND)
         segment = channel.segment_in_window(number)
@@ -181,9 +199,11 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         channel.drop_segment(segment)
         return _plain(200)
 
-    @app.get(f"{base}<name>/next")
-    async def next_seq(name: str) -> Response:
-        channel = channels().get(name) if checked_name(name) else None
+    @app.get(f"{base}<_name>/next")
+    async def next_seq(_name: str) -> Response:
+        route = routed(Kind.NEXT)
+        name = checked_name(route.channel if route else None)
+        channel = channels().get(name) if name else None
         if channel is None:
             return _error(404, wire.STREAM_NOT_FOUND)
         headers = {wire.LATEST_HEADER: str(channel.next_write)}

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any, Final
+from urllib.parse import quote
+
 from ..config import Settings
-from ..core import wire
+from ..core import routing, wire
 from ..registry import ChannelRegistry
 
 #: Names that can't be channels when the base path is "/": they are the server's own
 #: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
+
+#: Where a request's route decision (``core.routing.Route`` or ``Refusal``) is kept in
+#: its ASGI scope, so that every layer uses the one decision.
+ROUTE_KEY: Final = "trickle.route"
 
 
 class ServerState:
@@ -25,3 +32,24 @@ class ServerState:
         self.reserved = RESERVED_NAMES if self.base_path == "/" else frozenset[str]()
         self.registry = registry
         self.draining = False
+
+    def route(self, scope: Any) -> routing.Route | routing.Refusal:
+        """The route decision of the request ``scope`` is for: made once (by the guard,
+        the outermost layer), kept in the scope, and the same for every later layer."""
+        found: routing.Route | routing.Refusal | None = scope.get(ROUTE_KEY)
+        if found is None:
+            found = routing.decide(scope["method"], request_target(scope), self.base_path)
+            scope[ROUTE_KEY] = found
+        return found
+
+
+def request_target(scope: Any) -> bytes:
+    """The request target as the client sent it, without the query string.
+
+    ``raw_path`` is optional in ASGI; without it the decoded path is encoded again
+    (an encoded ``/`` is then indistinguishable from a plain one).
+    """
+    raw = scope.get("raw_path")
+    if raw:
+        return bytes(raw)
+    return quote(scope["path"], safe="/:@!$&'()*+,;=-._~").encode("ascii")

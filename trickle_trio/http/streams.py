@@ -24,6 +24,7 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
+from ..core.routing import Kind, Route
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
 from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
@@ -45,13 +46,9 @@ class SegmentStreams:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
-            route = wire.split_path(scope["path"], self.state.base_path)
-            if (
-                route is not None
-                and route.seq is not None
-                and not (route.seq == "next" and scope["method"] == "GET")
-            ):
+        if scope["type"] == "http":
+            route = self.state.route(scope)  # decided by the guard, in front of this layer
+            if isinstance(route, Route) and route.kind is Kind.SEGMENT:
                 await self._serve(scope, receive, send, route)
                 return
         await self.app(scope, receive, send)
@@ -61,8 +58,9 @@ class SegmentStreams:
         scope: Any,
         receive: ASGIReceiveCallable,
         send: ASGISendCallable,
-        route: wire.Route,
+        route: Route,
     ) -> None:
+        assert route.channel is not None
         assert route.seq is not None
         try:
             seq = wire.parse_seq(route.seq)
