@@ -7,8 +7,11 @@ connections). Every test is bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from trickle_trio.client.http import (
     Origin,
     ResponseArrived,
     _Connection,
+    _readable_now,
     make_ssl_context,
     split_url,
 )
@@ -172,6 +176,54 @@ async def test_connections_are_reused_and_the_idle_pool_is_bounded(
             stats = transport.statistics()
             assert stats.connections_idle == 2
             assert stats.connections_open == 2  # the three others were closed
+
+
+@pytest.fixture
+def high_fds() -> Iterator[None]:
+    """Occupy descriptors until the next one opened is numbered above 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the descriptor limit ({hard}) is too low to reach fd 1024")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] <= 1024:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_connections_are_reused_past_fd_1024(high_fds: None) -> None:
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True)
+    with trio.fail_after(STEP):
+        async with open_server(settings) as server, Transport() as transport:
+            url = f"{server.url}/{fresh_name()}"
+            await transport.request("POST", url)
+            for _ in range(5):
+                assert (await transport.request("GET", f"{url}/next")).status == 200
+            exchange = await transport.open("GET", f"{url}/next")
+            await exchange.read_body()
+            assert exchange._conn.stream.socket.fileno() > 1024  # type: ignore[attr-defined]
+            await exchange.aclose()
+            stats = transport.statistics()
+            assert (stats.connections_opened, stats.connections_reused) == (1, 6)
+
+
+def test_readable_now_sees_bytes_and_the_end_of_a_high_descriptor(high_fds: None) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        assert left.fileno() > 1024
+        assert not _readable_now(left.fileno())
+        right.send(b"x")
+        assert _readable_now(left.fileno())
+        left.recv(1)
+        right.close()
+        assert _readable_now(left.fileno())  # end of stream: dropped
 
 
 async def test_a_connection_the_server_closed_is_not_reused() -> None:

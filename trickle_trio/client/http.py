@@ -236,6 +236,22 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return None
 
 
+def _readable_now(fd: int) -> bool:  # sync on purpose
+    """True if ``fd`` has bytes (or an end of stream, or an error) to read right now.
+
+    ``poll`` has no limit on the descriptor's number; ``select`` raises ValueError for
+    one at or above ``FD_SETSIZE`` (1024), which a busy process reaches: every idle
+    connection would then look dropped and none would be reused. ``select`` is only
+    the fallback where there is no ``poll`` (Windows).
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
 class _Connection:
     """One h11 client connection on a trio stream (TCP or TLS)."""
 
@@ -267,10 +283,9 @@ class _Connection:
         if sock is None:
             return False
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            return _readable_now(sock.fileno())
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     async def aclose(self) -> None:
         """Close at once (no TLS close_notify wait); safe to call twice."""
