@@ -167,9 +167,14 @@ async def test_far_ahead_preconnect_flood_does_not_move_the_live_edge(
         await trio.testing.wait_all_tasks_blocked()
         channel = trickle_registry.get("cam")
         assert channel is not None
-        assert channel.next_write == 1  # evicted preconnects were let go, edge unmoved
-        assert len(channel.publishers) == 5  # only the window's worth stays attached
+        assert channel.next_write == 1  # the live edge did not move
+        # Those whose slot was free took it (1001-1004); every other waits outside the
+        # window for its first byte, so seq 0 is still readable.
+        assert len(channel.publishers) == 20
+        assert sorted(segment.seq for segment in channel.window) == [0, 1001, 1002, 1003, 1004]
+        assert (await fetch(trickle_app, "cam", 0)).body == b"x"
         assert (await publish(trickle_app, "cam", -1, b"live")).headers["lp-trickle-seq"] == "1"
+        assert (await fetch(trickle_app, "cam", 0)).body == b"x"
         nursery.cancel_scope.cancel()
 
 
@@ -266,3 +271,34 @@ async def test_a_client_leaving_mid_answer_is_not_a_server_error(
     await trickle_app(scope, receive, send)  # returns: no exception escapes
     assert sent == ["http.response.start", "http.response.body"]
     assert "client left while being answered path=/cam/0" in caplog.messages
+
+
+async def test_a_parked_far_ahead_post_enters_the_window_with_its_first_byte(
+    trickle_app: Any, trickle_registry: ChannelRegistry
+) -> None:
+    await publish(trickle_app, "cam", 0, b"zero")
+    async with open_exchange(trickle_app, "POST", "/cam/10") as far:
+        await trio.testing.wait_all_tasks_blocked()
+        channel = trickle_registry.get("cam")
+        assert channel is not None
+        assert len(channel.publishers) == 1
+        assert channel.window.get(10) is None  # parked: seq 0 keeps its slot
+        assert (await fetch(trickle_app, "cam", 0)).body == b"zero"
+        await far.send_body(b"ten")
+        await trio.testing.wait_all_tasks_blocked()
+        assert channel.next_write == 11  # a publisher that really writes there wins
+        await far.end_body()
+        assert (await far.read_response()).status == 200
+    assert (await fetch(trickle_app, "cam", 10)).body == b"ten"
+    assert (await fetch(trickle_app, "cam", 0)).status == 470  # evicted by real bytes
+
+
+async def test_a_parked_far_ahead_post_is_answered_by_a_delete(trickle_app: Any) -> None:
+    await publish(trickle_app, "cam", 0, b"zero")
+    async with open_exchange(trickle_app, "POST", "/cam/10") as far:
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        response = await far.read_response()
+        assert response.status == 200
+        assert response.headers["lp-trickle-closed"] == "terminated"
+        assert response.headers["lp-trickle-seq"] == "10"

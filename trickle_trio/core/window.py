@@ -38,6 +38,10 @@ class Window(Generic[S]):
             return segment
         return None
 
+    def holder(self, seq: int) -> S | None:
+        """The segment in ``seq``'s slot, whatever its seq (what putting ``seq`` evicts)."""
+        return self._slots[seq % len(self._slots)] if seq >= 0 else None
+
     def put(self, segment: S) -> S | None:
         """Store ``segment`` in its slot; return the segment it replaced, if any."""
         slot = segment.seq % len(self._slots)

@@ -15,6 +15,7 @@ Imports: trio, hypercorn's ASGI types, ``core``, ``channels``, and the sibling h
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -212,11 +213,62 @@ async def serve_publisher(
         await refuse(send, channel, exc.status, exc.message, [CONNECTION_CLOSE])
         return
     with lease as scope:
-        writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
-        outcome = PublishOutcome.CHANNEL_CLOSED
+        outcome = PublishOutcome.CHANNEL_CLOSED  # if the lease is cancelled
+        answered_seq = seq
         with scope:
-            outcome = await writer.pump(_body_reader(receive), take_body)
-        await _answer_publisher(send, channel, writer.seq, outcome)
+            read_chunk = _body_reader(receive)
+            if _would_evict_far_ahead(channel, seq):
+                # Far ahead of the live edge, where it would push a segment out of the
+                # window: no segment until the body's first byte (a flood of idle
+                # far-ahead preconnects must not evict the channel's readable segments).
+                read_chunk = await _wait_first_byte(read_chunk, channel)
+            if read_chunk is PublisherGone:
+                outcome = PublishOutcome.ABORTED
+            elif read_chunk is None:
+                outcome = PublishOutcome.TIMED_OUT
+            elif not channel.closed:
+                writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
+                answered_seq = writer.seq
+                outcome = await writer.pump(read_chunk, take_body)
+        await _answer_publisher(send, channel, answered_seq, outcome)
+
+
+def _would_evict_far_ahead(channel: Channel, seq: int) -> bool:
+    """True for a POST more than one seq past ``next_write`` whose slot holds another
+    segment (a preconnect's seq is at most ``next_write + 1``)."""
+    if seq <= channel.next_write + 1:
+        return False
+    holder = channel.window.holder(seq)
+    return holder is not None and holder.seq != seq
+
+
+async def _wait_first_byte(read_chunk: Any, channel: Channel) -> Any:
+    """Wait for the first bytes (or the end) of a body; return a ``read_chunk`` that
+    gives them first, or None when the channel's ``preconnect_timeout`` (0 = none)
+    passed with nothing.
+
+    Returns ``PublisherGone`` itself when the client left.
+    Cancellation: propagates; what was read is dropped with the request.
+    """
+    first: bytes | None = b""
+    with trio.move_on_after(channel.limits.preconnect_timeout or math.inf) as waited:
+        try:
+            first = await read_chunk()
+            while first is not None and not first:
+                first = await read_chunk()
+        except PublisherGone:
+            return PublisherGone
+    if waited.cancelled_caught:
+        return None
+    pending = [first]
+
+    async def replay() -> bytes | None:
+        if pending:
+            return pending.pop()
+        chunk: bytes | None = await read_chunk()
+        return chunk
+
+    return replay
 
 
 def _body_reader(receive: ASGIReceiveCallable) -> Any:
