@@ -302,3 +302,28 @@ async def test_a_parked_far_ahead_post_is_answered_by_a_delete(trickle_app: Any)
         assert response.status == 200
         assert response.headers["lp-trickle-closed"] == "terminated"
         assert response.headers["lp-trickle-seq"] == "10"
+
+
+async def test_requests_in_flight_per_client_address(nursery: trio.Nursery) -> None:
+    app, _ = app_for(nursery, max_requests_per_client=2)
+    async with (
+        open_exchange(app, "POST", "/cam/0") as first,
+        open_exchange(app, "GET", "/cam/0") as second,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await request(app, "GET", "/cam/next")
+        assert (refused.status, refused.headers["connection"]) == (429, "close")
+        assert (await request(app, "GET", "/healthz")).status == 200  # probes are exempt
+        await first.send_body(b"x", more=False)
+        assert (await first.read_response()).status == 200
+        assert (await second.read_response()).body == b"x"
+    assert (await request(app, "GET", "/cam/next")).status == 200  # counted back down
+
+
+async def test_no_limit_per_client_by_default(nursery: trio.Nursery) -> None:
+    app, _ = app_for(nursery)
+    async with trio.open_nursery() as posts:
+        for seq in range(50):  # a client's idle preconnects are never refused
+            await posts.start(_idle_post, app, f"/cam{seq}/0")
+        assert (await request(app, "GET", "/cam0/next")).status == 200
+        posts.cancel_scope.cancel()

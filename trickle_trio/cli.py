@@ -86,9 +86,10 @@ _LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_subscribers_per_channel", int, "subscribers per channel (429; default 1000)"),
     ("max_publishers_per_channel", int, "POSTs attached per channel (429; default 64)"),
     ("max_requests", int, "requests in flight (429 beyond; default 20000)"),
+    ("max_requests_per_client", int, "requests in flight per client address (429; 0 = off)"),
     ("max_name_length", int, "longest channel name (400 beyond; default 256)"),
     ("max_url_length", int, "longest request path (414 beyond; default 2048)"),
-    ("max_header_bytes", int, "request line + headers (400 beyond; default 16384)"),
+    ("max_header_bytes", int, "request line + headers (431 beyond; default 16384)"),
     ("preconnect_timeout", float, "release idle preconnects after S seconds (0 = never)"),
 )
 

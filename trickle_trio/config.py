@@ -91,11 +91,15 @@ class Settings:
     max_publishers_per_channel: int = 64
     #: HTTP requests in flight at once, i.e. busy connections (429 beyond; health exempt).
     max_requests: int = 20_000
+    #: HTTP requests in flight at once from one client address (429 beyond; health
+    #: exempt); 0 = no limit (the default: a client's idle preconnects and parked GETs
+    #: are requests in flight, and they must never be refused by a guess).
+    max_requests_per_client: int = 0
     #: Longest channel name (400 beyond).
     max_name_length: int = 256
     #: Longest request path (414 beyond).
     max_url_length: int = 2048
-    #: Request line plus headers, in bytes (hypercorn answers 400 beyond).
+    #: Request line plus headers, in bytes (431 beyond, and the connection is closed).
     max_header_bytes: int = 16 * 1024
     #: Release a preconnected POST that has sent no byte for this long (408); 0 = never,
     #: as in the reference (which keeps it alive with 100 Continue).
@@ -135,6 +139,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.max_requests_per_client < 0:
+            raise SettingsError(
+                f"max_requests_per_client must be >= 0, not {self.max_requests_per_client}"
+            )
         if self.preconnect_timeout < 0:
             raise SettingsError(f"preconnect_timeout must be >= 0, not {self.preconnect_timeout}")
         for name in ("publish_token", "subscribe_token"):

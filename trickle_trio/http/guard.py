@@ -13,8 +13,9 @@ Every HTTP request passes here first, in this order:
 3. ``/healthz`` and ``/readyz`` go straight through (probes need neither tokens nor a
    free request slot).
 4. A target longer than ``max_url_length`` gets 414.
-5. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1)
-   get 429.
+5. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1),
+   or more than ``max_requests_per_client`` from one client address (off by default),
+   get 429 and the connection is closed.
 6. Bearer tokens, when configured: a read (GET/HEAD of a trickle route) needs the
    subscribe or the publish token when the subscribe token is set; a write (every
    other method) and ``/_status`` need the publish token when it is set. ``/metrics``
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import Counter
 from typing import Any
 
 import trio
@@ -62,7 +64,10 @@ class Guard:
         self._max_requests = settings.max_requests
         self._max_url_length = settings.max_url_length
         self._max_header_bytes = settings.max_header_bytes
+        self._max_per_client = settings.max_requests_per_client
         self.in_flight = 0
+        #: Requests in flight per client address (only with max_requests_per_client).
+        self.per_client: Counter[str] = Counter()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -97,12 +102,19 @@ class Guard:
             logger.warning("limit hit limit=max_requests value=%d", self._max_requests)
             await self._refuse(send, 429, "Too many requests", [CONNECTION_CLOSE])
             return
+        client = _client_address(scope) if self._max_per_client else None
+        if client is not None and self.per_client[client] >= self._max_per_client:
+            logger.warning("limit hit limit=max_requests_per_client value=%d", self._max_per_client)
+            await self._refuse(send, 429, "Too many requests from this client", [CONNECTION_CLOSE])
+            return
         if not self._authorized(scope, route.access):
             await self._refuse(
                 send, 401, "Unauthorized", [(b"www-authenticate", b'Bearer realm="trickle"')]
             )
             return
         self.in_flight += 1
+        if client is not None:
+            self.per_client[client] += 1
         try:
             await self.app(scope, receive, answer)
         except* trio.BusyResourceError:
@@ -112,6 +124,10 @@ class Guard:
             logger.debug("client left while being answered path=%s", route.path)
         finally:
             self.in_flight -= 1
+            if client is not None:
+                self.per_client[client] -= 1
+                if not self.per_client[client]:
+                    del self.per_client[client]
 
     def _check_framing(self, scope: Any) -> Refusal | None:
         size = len(scope["method"]) + len(_target(scope)) + _REQUEST_LINE_EXTRA + 2
@@ -192,6 +208,11 @@ def _shield_last(send: ASGISendCallable) -> ASGISendCallable:
             await send(message)
 
     return shielded_send
+
+
+def _client_address(scope: Any) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _target(scope: Any) -> bytes:
