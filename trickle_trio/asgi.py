@@ -5,18 +5,19 @@
 Settings come from the TOML file named by ``TRICKLE_CONFIG`` and ``TRICKLE_*`` environment
 variables (see ``trickle_trio.config``); hypercorn's own flags (bind, TLS, workers,
 access log) stay hypercorn's. Run ONE worker per port: a channel lives in one process.
-The registry is created at ASGI lifespan start-up and the channels are drained at
-lifespan shutdown; SIGTERM/SIGINT reaching the worker drain the channels first (see
-``trickle_trio.lifecycle``), so hypercorn's graceful timeout finds no stream to cut.
+The registry is created at ASGI lifespan start-up. Before hypercorn stops serving,
+whatever asked it to (SIGTERM to the parent, the process group or the worker; SIGINT
+where it is not ignored), every channel is deleted (see ``trickle_trio.lifecycle``), so
+hypercorn's graceful timeout finds no stream to cut.
 """
 
 from __future__ import annotations
 
 import logging
 
+from . import lifecycle
 from .config import load_settings
-from .http.app import create_app
-from .lifecycle import install_signal_drain
+from .http.app import app_state, create_app
 from .logs import configure_logging
 from .server import tune_gc
 
@@ -26,6 +27,6 @@ for _line in _settings.describe(_sources):
     logging.getLogger("trickle_trio").info("setting %s", _line)
 
 app = create_app(_settings)
-install_signal_drain(app)
+lifecycle.install(app, app_state(app))
 if _settings.gc_tuning:
     tune_gc()
