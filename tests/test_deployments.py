@@ -191,6 +191,24 @@ def test_serve_rejects_bad_settings_in_one_line() -> None:
     )
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "trickle-trio"), "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trickle-trio: cannot bind 127.0.0.1:{port}: address already in use"
+    ]
+    assert "serving" not in result.stdout
+
+
 def hypercorn(port: int, workers: int, *, ignore_sigint: bool) -> subprocess.Popen[bytes]:
     """``hypercorn trickle_trio.asgi:app`` (the trio worker) in its own process group.
 

@@ -6,11 +6,14 @@ it under that bound (MockClock is not usable with socket I/O in flight).
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 import trio
 import trustme
 
 from trickle_trio.config import Settings
-from trickle_trio.server import RunningServer, open_server
+from trickle_trio.server import BindError, RunningServer, open_server
 
 from .sockets import call, connect, until
 
@@ -188,3 +191,14 @@ async def test_no_server_timeout_cuts_an_idle_preconnect() -> None:
             assert (await preconnect.response()).status == 200
             await preconnect.aclose()
             assert (await call(server.url, "GET", "/cam/0")).body == b"late but fine"
+
+
+async def test_a_taken_port_is_one_bind_error_before_anything_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError) as caught, trio.fail_after(LIMIT):
+            async with open_server(Settings(port=port)):
+                pytest.fail("served on a taken port")  # pragma: no cover
+    assert str(caught.value) == f"cannot bind 127.0.0.1:{port}: address already in use"

@@ -27,7 +27,7 @@ from . import cluster
 from .client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from .config import Settings, SettingsError, load_settings
 from .logs import configure_logging
-from .server import run_server
+from .server import BindError, bind_sockets, run_server
 
 logger = logging.getLogger("trickle_trio")
 
@@ -134,6 +134,11 @@ def _read_token(path: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     settings, sources = settings_from_args(args)
     configure_logging(settings)
+    try:
+        sockets = bind_sockets(settings)  # before saying "serving"
+    except BindError as exc:
+        print(f"trickle-trio: {exc}", file=sys.stderr)
+        return 2
     scheme = "https" if settings.certfile else "http"
     logger.info(
         "trickle-trio serving %s://%s:%d%s autocreate=%s changefeed=%s",
@@ -148,7 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         logger.info("setting %s", line)
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         logger.info("bound to loopback only; use --host 0.0.0.0 to serve other machines")
-    trio.run(partial(run_server, settings))
+    trio.run(partial(run_server, settings, sockets=sockets))
     return 0
 
 
