@@ -81,16 +81,31 @@ async def test_metrics_count_aborted_and_evicted_segments(trickle_app: Any) -> N
 # -- health, reserved names ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("base_path", ["/", "/trickle/"])
 @pytest.mark.parametrize("name", ["healthz", "readyz", "metrics", "_status"])
-async def test_server_route_names_are_reserved_under_the_root_base_path(
-    trickle_app: Any, trickle_registry: ChannelRegistry, name: str
+async def test_server_route_names_are_reserved_under_any_base_path(
+    trickle_registry: ChannelRegistry, name: str, base_path: str
 ) -> None:
-    assert (await request(trickle_app, "POST", f"/{name}")).status == 400
-    assert (await publish(trickle_app, name, 0, b"x")).status == 400
+    app = create_app(Settings(autocreate=True, base_path=base_path), trickle_registry)
+    assert (await request(app, "POST", f"{base_path}{name}")).status == 400
+    assert (await publish(app, f"{base_path}{name}".strip("/"), 0, b"x")).status == 400
     assert name not in trickle_registry
-    other = create_app(Settings(autocreate=True, base_path="/trickle/"), trickle_registry)
-    assert (await request(other, "POST", f"/trickle/{name}")).status == 200
-    assert (await request(other, "GET", "/healthz")).status == 200
+
+
+async def test_server_routes_answer_at_the_root_and_under_the_base_path(
+    trickle_registry: ChannelRegistry,
+) -> None:
+    app = create_app(Settings(autocreate=True, base_path="/trickle/"), trickle_registry)
+    await publish(app, "trickle/cam", 0, b"x")
+    for prefix in ("/", "/trickle/"):
+        assert (await request(app, "GET", f"{prefix}healthz")).body == b"ok\n"
+        assert (await request(app, "GET", f"{prefix}readyz")).body == b"ready\n"
+        assert b"trickle_channels_open 1.0" in (await request(app, "GET", f"{prefix}metrics")).body
+        listing = json.loads((await request(app, "GET", f"{prefix}_status")).body)
+        assert [c["channel"] for c in listing["channels"]] == ["cam"]
+    app.extensions["trickle"].draining = True
+    for prefix in ("/", "/trickle/"):
+        assert (await request(app, "GET", f"{prefix}readyz")).status == 503
 
 
 # -- status ------------------------------------------------------------------------------------

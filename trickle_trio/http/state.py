@@ -6,8 +6,8 @@ from ..config import Settings
 from ..core import wire
 from ..registry import ChannelRegistry
 
-#: Names that can't be channels when the base path is "/": they are the server's own
-#: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.
+#: Names that can't be channels: they are the server's own routes (/healthz, /readyz,
+#: /metrics, /_status), served at the root and under the base path.
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
 
 
@@ -22,6 +22,6 @@ class ServerState:
     def __init__(self, settings: Settings, registry: ChannelRegistry | None = None) -> None:
         self.settings = settings
         self.base_path = wire.normalize_base_path(settings.base_path)
-        self.reserved = RESERVED_NAMES if self.base_path == "/" else frozenset[str]()
+        self.reserved = RESERVED_NAMES
         self.registry = registry
         self.draining = False
