@@ -9,6 +9,7 @@ explains each setting.
     trickle-trio cluster [--workers N] [--host H] [--port P] [--base-path /p/]
                          [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
                          [--config FILE] [--stream-timeout S] [--run-dir DIR]
+                         [--no-restart] [--restart-delay S] [--restart-delay-max S]
     trickle-trio cluster --print-config --backend [ID=]HOST:PORT [--backend ...] [--port P]
 
 Lifecycle (:func:`run_cluster`): pick free loopback ports, start the backends, wait until
@@ -17,7 +18,9 @@ write ``cluster.json`` in the run directory, then supervise. On SIGTERM/SIGINT, 
 soft-stops first (it stops accepting; streams in flight go on), then every backend drains
 (subscribers end with ``Lp-Trickle-Closed`` and preconnects are released, through the
 still-running proxy), and HAProxy, with nothing left to carry, exits. A backend that dies
-is reported and not replaced: its channels answer 503 meanwhile, the others are untouched.
+is restarted on its address with backoff (``trickle_trio.supervisor``; ``--no-restart``
+leaves it down): its channel names answer 503 meanwhile, the others are untouched, and
+the proxy's ``/readyz`` answers ``503 degraded: b2 down`` until it is back.
 HAProxy dying stops everything (exit status 1).
 
 Children run in their own sessions (a terminal's Ctrl-C reaches only this process, which
@@ -50,6 +53,7 @@ from typing import Any
 import trio
 
 from .core.wire import normalize_base_path
+from .supervisor import StartFailed, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +141,11 @@ class ClusterOptions:
     haproxy: str | None = None
     template: Path = TEMPLATE
     log_level: str = "info"
+    #: Restart a backend that exits, after ``restart_delay`` seconds, doubling after each
+    #: failed start up to ``restart_delay_max`` (see ``trickle_trio.supervisor``).
+    restart: bool = True
+    restart_delay: float = 0.5
+    restart_delay_max: float = 30.0
     #: Remote backends, for ``--print-config``.
     backends: tuple[Shard, ...] = ()
 
@@ -174,8 +183,13 @@ def render_config(
     base_path: str = "/",
     stream_timeout: float = 3600.0,
     template: Path = TEMPLATE,
+    readiness: str | None = None,
 ) -> str:
     """The HAProxy config for ``shards``, listening on ``bind`` (``HOST:PORT``).
+
+    ``readiness`` (``HOST:PORT``): where the proxy's ``/readyz`` is answered (the
+    cluster's :class:`~trickle_trio.supervisor.Supervisor`, which knows which shards are
+    down); without it the proxy answers ``ready`` itself while it runs.
 
     Raises:
         ClusterError: the template cannot be read, or two shards share an id.
@@ -187,15 +201,42 @@ def render_config(
     except OSError as exc:
         raise ClusterError(f"cannot read the HAProxy template {template}: {exc.strerror}") from None
     base = normalize_base_path(base_path)
+
+    def paths(name: str) -> str:
+        return " ".join(dict.fromkeys([f"/{name}", f"{base}{name}"]))
+
     rules = (
         f"    use-server {shard.name} if {{ var(txn.shard) -m str {shard.name} }}"
         for shard in shards
     )
     servers = (f"    server {shard.name} {shard.address} id {shard.id}" for shard in shards)
+    if readiness is None:
+        readyz_rule = (
+            "    http-request return status 200 content-type text/plain "
+            f'string "ready\\n" if {{ path {paths("readyz")} }}'
+        )
+        readiness_route = readiness_backend = ""
+    else:
+        readyz_rule = "    # /readyz: the cluster's supervisor says which shards are down (below)"
+        readiness_route = (
+            f"    use_backend readiness if {{ path {paths('readyz')} }}"
+            " !{ var(txn.shard) -m found }"
+        )
+        readiness_backend = (
+            "\n# `trickle-trio cluster`'s supervisor: 200 ready, or 503 degraded: <shards> down.\n"
+            f"backend readiness\n    server supervisor {readiness}"
+        )
     return Template(text).substitute(
         bind=bind,
         hard_stop_after=HARD_STOP_AFTER,
         stream_timeout=_duration(stream_timeout),
+        per_shard_path="%[path]" if base == "/" else f"%[path,regsub(^{base},/)]",
+        healthz_paths=paths("healthz"),
+        readyz_paths=paths("readyz"),
+        per_shard_paths=f"{paths('metrics')} {paths('_status')}",
+        readyz_rule=readyz_rule,
+        readiness_route=readiness_route,
+        readiness_backend=readiness_backend,
         changes_path=f"{base}_changes",
         shard_names=" ".join(shard.name for shard in shards),
         channel_field=channel_field(base),
@@ -372,7 +413,9 @@ def _open_run_dir(run_dir: str | None) -> Path:
     return path
 
 
-def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list[Shard], Path, str]:
+def _prepare(
+    options: ClusterOptions, haproxy: str, run_dir: Path, readiness: str
+) -> tuple[list[Shard], Path, str]:
     """Shards on free ports, the HAProxy config (checked by HAProxy) and its version."""
     shards = [Shard(i, "127.0.0.1", free_port()) for i in range(1, options.workers + 1)]
     host = f"[{options.host}]" if ":" in options.host else options.host
@@ -382,6 +425,7 @@ def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list
         base_path=options.base_path,
         stream_timeout=options.stream_timeout,
         template=options.template,
+        readiness=readiness,
     )
     config_path = run_dir / "haproxy.cfg"
     config_path.write_text(config, encoding="utf-8")
@@ -455,8 +499,11 @@ async def _run(
     code = 0
     keep_run_dir = False  # a failed start keeps its logs
     try:
+        # The supervisor's readiness endpoint, on loopback, for the proxy's /readyz.
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        readiness = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         shards, config_path, version = await trio.to_thread.run_sync(
-            _prepare, options, haproxy, run_dir
+            _prepare, options, haproxy, run_dir, readiness
         )
         async with trio.open_nursery() as nursery:
 
@@ -467,19 +514,21 @@ async def _run(
             nursery.start_soon(stop_on_trigger)
             with trio.fail_after(STARTUP_TIMEOUT):
                 for shard in shards:
-                    argv = _backend_argv(options, shard)
-                    backends.append(Child(shard.name, argv, run_dir / f"{shard.name}.log"))
+                    backends.append(_start_backend(options, shard, run_dir))
                 for shard, child in zip(shards, backends, strict=True):
                     await _wait_answering(child, shard.host, shard.port, "/healthz")
+                supervisor = _supervisor(options, shards, backends, run_dir)
+                await nursery.start(supervisor.serve_readiness, listeners)
                 argv = [haproxy, "-db", "-f", str(config_path)]
                 proxy = Child("haproxy", argv, run_dir / "haproxy.log")
                 for shard in shards:
                     path = f"/_shard/{shard.name}/healthz"
                     await _wait_answering(proxy, options.host, port, path)
             info = _announce(options, run_dir, version, proxy, shards, backends)
+            supervisor.on_change = partial(_write_state, info, proxy, supervisor)
             task_status.started(info)
-            for child in backends:
-                nursery.start_soon(_report_exit, child)
+            for index in range(len(backends)):
+                nursery.start_soon(supervisor.watch, index)
             code = await _watch_proxy(proxy)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -499,6 +548,35 @@ async def _run(
             await trio.to_thread.run_sync(partial(shutil.rmtree, run_dir, ignore_errors=True))
     logger.info("cluster stopped")
     return code
+
+
+def _start_backend(options: ClusterOptions, shard: Shard, run_dir: Path) -> Child:
+    return Child(shard.name, _backend_argv(options, shard), run_dir / f"{shard.name}.log")
+
+
+def _supervisor(
+    options: ClusterOptions, shards: list[Shard], backends: list[Child], run_dir: Path
+) -> Supervisor[Child]:
+    """The backends' supervisor; ``backends`` is the list it keeps current."""
+
+    def start(index: int) -> Child:
+        return _start_backend(options, shards[index], run_dir)
+
+    async def wait_serving(index: int, child: Child) -> None:
+        shard = shards[index]
+        try:
+            await _wait_answering(child, shard.host, shard.port, "/healthz")
+        except ClusterError as exc:
+            raise StartFailed(str(exc)) from None
+
+    return Supervisor(
+        backends,
+        start,
+        wait_serving,
+        restart=options.restart,
+        restart_delay=options.restart_delay,
+        restart_delay_max=options.restart_delay_max,
+    )
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -525,16 +603,15 @@ def _announce(
             "id": shard.id,
             "url": shard.url,
             "pid": child.pid,
+            "up": True,
+            "restarts": 0,
             "log": str(child.log_path),
             "via_proxy": f"http://{host}:{options.port}/_shard/{shard.name}/",
         }
         for shard, child in zip(shards, backends, strict=True)
     ]
     info = ClusterInfo(url.rstrip("/"), str(run_dir), proxy.pid, listing)
-    state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
-    partial_file = run_dir / "cluster.json.tmp"  # renamed: readers never see half of it
-    partial_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
-    partial_file.replace(run_dir / "cluster.json")
+    _write_state(info, proxy)
     logger.info(
         "cluster serving %s workers=%d proxy=%s stream_timeout=%s autocreate=%s run_dir=%s",
         url,
@@ -555,15 +632,20 @@ def _announce(
     return info
 
 
-async def _report_exit(child: Child) -> None:
-    status = await child.wait()
-    logger.warning(
-        "shard %s exited status=%s: its channels answer 503 until it is back, the others "
-        "are unaffected (log: %s)",
-        child.name,
-        status,
-        child.log_path,
-    )
+def _write_state(
+    info: ClusterInfo, proxy: Child, supervisor: Supervisor[Child] | None = None
+) -> None:
+    """(Re)write ``cluster.json``: the shards' current pids, whether each is up."""
+    if supervisor is not None:
+        for entry, process, health in zip(
+            info.shards, supervisor.processes, supervisor.health, strict=True
+        ):
+            entry.update(pid=process.pid, up=health.up, restarts=health.restarts)
+    run_dir = Path(info.run_dir)
+    state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
+    partial_file = run_dir / "cluster.json.tmp"  # renamed: readers never see half of it
+    partial_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    partial_file.replace(run_dir / "cluster.json")
 
 
 async def _watch_proxy(proxy: Child) -> int:
@@ -637,6 +719,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add("--run-dir", help="keep config, logs and cluster.json here (default: a temp dir)")
     add("--haproxy", help="the HAProxy binary (default: haproxy on PATH or in /usr/sbin)")
     add("--template", default=str(TEMPLATE), help="HAProxy config template")
+    add(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="restart a backend that exits (default on)",
+    )
+    add(
+        "--restart-delay",
+        type=float,
+        default=0.5,
+        help="seconds before the first restart; doubles after each failed start (default 0.5)",
+    )
+    add(
+        "--restart-delay-max",
+        type=float,
+        default=30.0,
+        help="the longest wait between restarts (default 30)",
+    )
     add("--log-level", default="info", help="debug, info, warning, error (default info)")
     add(
         "--print-config",
@@ -660,6 +760,8 @@ def options_from_args(args: argparse.Namespace) -> ClusterOptions:
         raise ClusterError("--print-config needs at least one --backend HOST:PORT")
     if not 0 <= args.port <= 65535:
         raise ClusterError(f"port must be 0..65535, not {args.port}")
+    if not 0 < args.restart_delay <= args.restart_delay_max:
+        raise ClusterError("--restart-delay wants 0 < delay <= --restart-delay-max")
     return ClusterOptions(
         workers=args.workers,
         host=args.host,
@@ -674,6 +776,9 @@ def options_from_args(args: argparse.Namespace) -> ClusterOptions:
         haproxy=args.haproxy,
         template=Path(args.template),
         log_level=args.log_level,
+        restart=args.restart,
+        restart_delay=args.restart_delay,
+        restart_delay_max=args.restart_delay_max,
         backends=backends,
     )
 
