@@ -3,7 +3,7 @@
 One process uses one core and holds its channels' state, so a deployment that outgrows it
 shards channels: HAProxy hashes each request's channel name (the first path segment after
 the base path) onto one of N backends, consistently, and streams both ways. The config
-is ``deploy/haproxy.cfg.in``, rendered here for the backends at hand; ``deploy/README.md``
+is ``trickle_trio/haproxy.cfg.in``, rendered here for the backends at hand; ``deploy/README.md``
 explains each setting.
 
     trickle-trio cluster [--workers N] [--host H] [--port P] [--base-path /p/]
@@ -57,8 +57,8 @@ from .supervisor import StartFailed, Supervisor
 
 logger = logging.getLogger(__name__)
 
-#: The HAProxy config template, in the repository beside the package.
-TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg.in"
+#: The HAProxy config template (package data: an installed wheel has it too).
+TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg.in"
 #: How long backends and the proxy may take to answer after they are started.
 STARTUP_TIMEOUT = 30.0
 #: How long one readiness probe may take (something else may hold the port, mute).
