@@ -114,8 +114,11 @@ async def test_delete_answers_every_subscriber_before_any_preconnect(
     preconnects_start = min(
         position("idle preconnect", "start"), position("active publisher", "start")
     )
+    # Every subscriber's terminal response has started (here: ended, the in-process
+    # driver never blocks) before any publisher is answered; the DELETE's own answer
+    # waits for none of them.
     assert subscribers_done < preconnects_start, log
-    assert log[-2:] == [("delete", "start"), ("delete", "end")], log
+    assert log.index(("delete", "end")) < preconnects_start, log
     assert responses["waiting"].headers["lp-trickle-closed"] == "terminated"
     assert responses["waiting"].body == b""
     for name in ("idle", "active"):
@@ -145,23 +148,27 @@ async def test_released_preconnect_never_shows_a_fresh_empty_segment(trickle_app
     assert seen == ["terminated"]
 
 
-async def test_nothing_of_a_channel_outlives_its_delete_response(
+async def test_nothing_of_a_channel_outlives_what_it_serves(
     trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:
     await publish(trickle_app, "cam", 0, b"x")
     channel = trickle_registry.get("cam")
     assert channel is not None
     async with (
-        open_exchange(trickle_app, "POST", "/cam/1"),
-        open_exchange(trickle_app, "GET", "/cam/1"),
-        open_exchange(trickle_app, "GET", "/cam/1"),
+        open_exchange(trickle_app, "POST", "/cam/1") as idle,
+        open_exchange(trickle_app, "GET", "/cam/1") as first,
+        open_exchange(trickle_app, "GET", "/cam/1") as second,
     ):
         await trio.testing.wait_all_tasks_blocked()
         assert (len(channel.subscribers), len(channel.publishers)) == (2, 1)
         assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        assert "cam" not in trickle_registry  # the name is gone with the answer
+        for exchange in (idle, first, second):
+            assert (await exchange.read_response()).headers["lp-trickle-closed"] == "terminated"
+        await channel.wait_deleted()
         assert (len(channel.subscribers), len(channel.publishers)) == (0, 0)
-        assert channel.deleted
-        assert all(segment.closed for segment in channel.window) or not list(channel.window)
+        assert list(channel.window) == []
+        assert trickle_registry.retired() == []
 
 
 async def test_delete_never_takes_away_a_segment_completed_before_it(
@@ -181,3 +188,35 @@ async def test_delete_never_takes_away_a_segment_completed_before_it(
         after = await next_one.read_response()
     assert (got.status, got.body) == (200, b"last words")
     assert after.headers["lp-trickle-closed"] == "terminated"
+
+
+async def test_a_preconnect_its_publisher_lets_go_is_answered_after_the_subscribers(
+    trickle_app: Any,
+) -> None:
+    """The PR #3824 close (DELETE, then the publisher ends its idle preconnect itself):
+    the preconnect's answer still waits until every subscriber attached at the DELETE has
+    handed its terminal response over, here one whose client is slow to take it."""
+    await publish(trickle_app, "cam", 0, b"x")
+    log: list[tuple[str, str]] = []
+    async with (
+        open_exchange(trickle_app, "POST", "/cam/1", label="preconnect", log=log) as idle,
+        open_exchange(
+            trickle_app,
+            "GET",
+            "/cam/1",
+            label="subscriber",
+            log=log,
+            response_buffer=0,
+            shield_sends=True,
+        ) as slow,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        await idle.end_body()  # the publisher lets its preconnect go
+        await trio.testing.wait_all_tasks_blocked()
+        assert ("preconnect", "start") not in log, log  # held for the subscriber
+        answer = await slow.read_response()
+        released = await idle.read_response()
+    assert answer.headers["lp-trickle-closed"] == "terminated"
+    assert released.headers["lp-trickle-closed"] == "terminated"
+    assert log.index(("subscriber", "start")) < log.index(("preconnect", "start")), log
