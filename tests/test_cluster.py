@@ -25,7 +25,16 @@ import h11
 import pytest
 import trio
 
-from trickle_trio.cluster import channel_field, die_with_parent, find_haproxy
+from trickle_trio.cluster import (
+    ClusterOptions,
+    _start_backends,
+    channel_field,
+    die_with_parent,
+    find_haproxy,
+)
+from trickle_trio.cluster import (
+    Shard as ClusterShard,
+)
 
 from .sockets import POLL_INTERVAL, Conn, Reply, call, connect, until
 from .test_deployments import free_port
@@ -593,7 +602,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return True
 
 
@@ -694,3 +703,29 @@ def test_a_taken_port_fails_fast_in_one_line(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("trickle-trio cluster: haproxy exited with status 1 while starting")
     assert "cannot bind socket" in last
+
+
+async def test_a_backend_whose_port_was_taken_meanwhile_moves_to_another(tmp_path: Path) -> None:
+    # The cluster picks free ports and its backends bind them a moment later; something
+    # else may take one in between (here: on purpose, before the start).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        shards = [ClusterShard(1, "127.0.0.1", port)]
+        backends: list[Any] = []
+        try:
+            with trio.fail_after(LIMIT):
+                moved = await _start_backends(ClusterOptions(), shards, tmp_path, backends)
+            assert moved
+            assert shards[0].port != port
+            assert (await call(shards[0].url, "GET", "/healthz")).status == 200
+            assert len(backends) == 1
+            assert backends[0].running
+        finally:
+            for child in backends:
+                child.send_signal(signal.SIGTERM)
+                with trio.fail_after(LIMIT):
+                    await child.wait()
+    log = (tmp_path / "b1.log").read_text()
+    assert f"cannot bind 127.0.0.1:{port}: address already in use" in log

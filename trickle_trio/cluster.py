@@ -63,6 +63,8 @@ TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg.in"
 STARTUP_TIMEOUT = 30.0
 #: How long one readiness probe may take (something else may hold the port, mute).
 PROBE_TIMEOUT = 1.0
+#: How often a backend is started on a fresh port when its first one was taken meanwhile.
+BIND_ATTEMPTS = 3
 #: How long backends may take to drain (teardown grace + graceful timeout, with room).
 DRAIN_TIMEOUT = 30.0
 #: How long HAProxy may take to exit once the backends are gone, before a hard stop.
@@ -418,6 +420,21 @@ def _prepare(
 ) -> tuple[list[Shard], Path, str]:
     """Shards on free ports, the HAProxy config (checked by HAProxy) and its version."""
     shards = [Shard(i, "127.0.0.1", free_port()) for i in range(1, options.workers + 1)]
+    config_path = _write_config(options, shards, run_dir, readiness)
+    check = subprocess.run(
+        [haproxy, "-c", "-q", "-f", str(config_path)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        detail = " | ".join((check.stderr or check.stdout).strip().splitlines()[-3:])
+        raise ClusterError(f"HAProxy rejects {config_path}: {detail}")
+    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, check=False)
+    words = version.stdout.split()  # "HAProxy version 2.6.12-1 2023/03/10 - https://..."
+    return shards, config_path, f"HAProxy {words[2]}" if len(words) > 2 else "HAProxy"
+
+
+def _write_config(
+    options: ClusterOptions, shards: list[Shard], run_dir: Path, readiness: str
+) -> Path:
     host = f"[{options.host}]" if ":" in options.host else options.host
     config = render_config(
         shards,
@@ -429,15 +446,46 @@ def _prepare(
     )
     config_path = run_dir / "haproxy.cfg"
     config_path.write_text(config, encoding="utf-8")
-    check = subprocess.run(
-        [haproxy, "-c", "-q", "-f", str(config_path)], capture_output=True, text=True, check=False
-    )
-    if check.returncode != 0:
-        detail = " | ".join((check.stderr or check.stdout).strip().splitlines()[-3:])
-        raise ClusterError(f"HAProxy rejects {config_path}: {detail}")
-    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, check=False)
-    words = version.stdout.split()  # "HAProxy version 2.6.12-1 2023/03/10 - https://..."
-    return shards, config_path, f"HAProxy {words[2]}" if len(words) > 2 else "HAProxy"
+    return config_path
+
+
+async def _start_backends(
+    options: ClusterOptions, shards: list[Shard], run_dir: Path, backends: list[Child]
+) -> bool:
+    """Start a backend per shard into ``backends`` and wait until each answers.
+
+    A port is picked free and bound by the backend a moment later; should something else
+    take it meanwhile (the backend says ``cannot bind``), the shard moves to another
+    free port, up to ``BIND_ATTEMPTS`` times. Returns whether any shard moved (its
+    address in ``shards`` is then the new one).
+
+    Raises:
+        ClusterError: a backend exited while starting, for another reason or too often.
+    """
+    moved = False
+    for shard in shards:
+        backends.append(_start_backend(options, shard, run_dir))
+    for index in range(len(shards)):
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            shard = shards[index]
+            try:
+                await _wait_answering(backends[index], shard.host, shard.port, "/healthz")
+                break
+            except ClusterError:
+                child = backends[index]
+                lost_port = child.popen.returncode == 2 and "cannot bind" in child.log_tail(1)
+                if not lost_port or attempt == BIND_ATTEMPTS:
+                    raise
+            shards[index] = dataclasses.replace(shard, port=free_port(shard.host))
+            logger.info(
+                "shard %s: port %d was taken meanwhile; starting on %d",
+                shard.name,
+                shard.port,
+                shards[index].port,
+            )
+            backends[index] = _start_backend(options, shards[index], run_dir)
+            moved = True
+    return moved
 
 
 async def run_cluster(
@@ -513,10 +561,10 @@ async def _run(
 
             nursery.start_soon(stop_on_trigger)
             with trio.fail_after(STARTUP_TIMEOUT):
-                for shard in shards:
-                    backends.append(_start_backend(options, shard, run_dir))
-                for shard, child in zip(shards, backends, strict=True):
-                    await _wait_answering(child, shard.host, shard.port, "/healthz")
+                if await _start_backends(options, shards, run_dir, backends):
+                    config_path = await trio.to_thread.run_sync(
+                        _write_config, options, shards, run_dir, readiness
+                    )
                 supervisor = _supervisor(options, shards, backends, run_dir)
                 await nursery.start(supervisor.serve_readiness, listeners)
                 argv = [haproxy, "-db", "-f", str(config_path)]
