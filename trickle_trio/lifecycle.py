@@ -100,13 +100,7 @@ async def drain_then_stop(state: ServerState, parent_trigger: Trigger | None) ->
     """
     reason = await wait_for_stop(parent_trigger)
     logger.info("shutdown %s: draining channels", reason)
-    state.draining = True
-    registry = state.registry
-    count = 0
-    if registry is not None:
-        count = len(registry)
-        await registry.close_all()
-    logger.info("drained channels=%d", count)
+    logger.info("drained channels=%d", await state.drain())
 
 
 async def wait_for_stop(parent_trigger: Trigger | None) -> str:

@@ -177,10 +177,7 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
 
         async def drain_then_stop() -> None:
             await stop.wait()
-            state.draining = True
-            count = len(registry)
-            await registry.close_all()
-            logger.info("drained channels=%d", count)
+            logger.info("drained channels=%d", await state.drain())
 
         async with trio.open_nursery() as server_nursery:
             urls: list[str] = await server_nursery.start(

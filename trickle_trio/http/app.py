@@ -242,9 +242,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
 
         @app.after_serving
         async def drain_registry() -> None:
-            state.draining = True
-            if state.registry is not None:
-                await state.registry.close_all()
+            await state.drain()
 
     app.asgi_app = Guard(SegmentStreams(app.asgi_app, state), state)  # type: ignore[method-assign]
     if settings.fast_path and fastpath.install():

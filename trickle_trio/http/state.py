@@ -25,3 +25,16 @@ class ServerState:
         self.reserved = RESERVED_NAMES
         self.registry = registry
         self.draining = False
+
+    async def drain(self) -> int:
+        """Shutdown: ``/readyz`` turns 503, every channel is deleted; returns how many.
+
+        Returns once each channel is torn down (``ChannelRegistry.close_all``).
+        Cancellation: the channels stay deleted; only the wait ends.
+        """
+        self.draining = True
+        if self.registry is None:
+            return 0
+        count = len(self.registry)
+        await self.registry.close_all()
+        return count
