@@ -119,21 +119,48 @@ def launch(tmp_path: Path, args: Sequence[str], base: str) -> tuple[subprocess.P
     return process, port
 
 
+#: HAProxy binds the port the test picked a moment later; something else may take it in
+#: between (the machine is shared): then the cluster is started again on another port.
+START_ATTEMPTS = 3
+
+
 async def start_cluster(tmp_path: Path, *args: str, base: str = "/") -> Cluster:
+    for attempt in range(1, START_ATTEMPTS + 1):
+        started = await start_once(tmp_path, args, base)
+        if isinstance(started, Cluster):
+            return started
+        if "cannot bind socket" not in started or attempt == START_ATTEMPTS:
+            raise AssertionError(started)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def start_once(tmp_path: Path, args: Sequence[str], base: str) -> Cluster | str:
+    """The running cluster, or what it printed before it exited."""
     process, port = launch(tmp_path, args, base)
     state_file = tmp_path / f"run-{port}" / "cluster.json"
     try:
         # cluster.json is written once HAProxy routes to every shard.
         await until(lambda: state_file.exists() or process.poll() is not None)
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        state = json.loads(state_file.read_text())
+        if process.poll() is None:
+            state = json.loads(state_file.read_text())
+            shards = [Shard(s["name"], s["url"], s["pid"]) for s in state["shards"]]
+            url = f"http://127.0.0.1:{port}"
+            return Cluster(process, url, base, state_file.parent, shards, state["proxy_pid"])
     except BaseException:
-        process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
-        process.wait()
+        discard(process)
         raise
-    shards = [Shard(s["name"], s["url"], s["pid"]) for s in state["shards"]]
-    url = f"http://127.0.0.1:{port}"
-    return Cluster(process, url, base, state_file.parent, shards, state["proxy_pid"])
+    return discard(process)
+
+
+def discard(process: subprocess.Popen[bytes]) -> str:
+    """Stop a cluster that failed to start (its children get SIGTERM from the kernel,
+    PR_SET_PDEATHSIG); what it printed."""
+    process.kill()
+    process.wait()
+    assert process.stdout is not None
+    output = process.stdout.read().decode(errors="replace")
+    process.stdout.close()
+    return output
 
 
 def kill_all(cluster: Cluster) -> None:
