@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 import trio.testing
 
+from trickle_trio.client.cli_admin import render
 from trickle_trio.config import Settings, SettingsError, load_settings
 from trickle_trio.http.app import create_app
 from trickle_trio.logs import JSONFormatter
 from trickle_trio.registry import ChannelRegistry
-from trickle_trio.server import RunningServer
-from trickle_trio.status import render, show_status
 from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
@@ -109,20 +107,6 @@ async def test_status_lists_channels(trickle_app: Any) -> None:
     assert table.splitlines()[0].startswith("channels=1 subscribers=1")
     assert "cam" in table.splitlines()[-1]
     assert "video/mp2t" in table.splitlines()[-1]
-
-
-async def test_status_command_against_a_real_server(
-    trickle_server: RunningServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    trickle_server.registry.create("cam", "video/mp2t")
-    with trio.fail_after(10):
-        assert await show_status(trickle_server.urls[0]) == 0
-    out = capsys.readouterr().out
-    assert "CHANNEL" in out
-    assert "cam" in out
-    with trio.fail_after(10):
-        assert await show_status("http://127.0.0.1:1") == 1
-    assert "cannot read" in capsys.readouterr().err
 
 
 # -- configuration -------------------------------------------------------------------------------
