@@ -253,8 +253,11 @@ def describe_error(exc: BaseException, url: str) -> str:
 
 def server_gone(exc: BaseException) -> bool:
     """The failure means the server went away rather than refused."""
-    if isinstance(exc, TransportError) and isinstance(exc.__cause__, ssl.SSLError):
-        return False  # a certificate (or TLS set-up) problem: it is there, and refused
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return False  # a certificate (or TLS set-up) problem: it is there, and refused
+        cause = cause.__cause__ or cause.__context__
     if isinstance(exc, ServerGone | TransportError):
         return True
     return isinstance(exc, HTTPError) and exc.status in (502, 503, 504)
@@ -270,7 +273,8 @@ async def server_draining(transport: Transport, url: str) -> str | None:
     probe = f"{origin.scheme}://{origin.host_header}/readyz"
     try:
         with trio.fail_after(5):
-            response = await transport.request("GET", probe)
+            # Connection: close, so that no idle connection holds up its shutdown.
+            response = await transport.request("GET", probe, [("Connection", "close")])
     except (TransportError, trio.TooSlowError) as exc:
         return f"server unreachable ({exc or 'no answer'})"
     if response.status == 503:

@@ -157,6 +157,10 @@ class _Follow:
         self.count = 0
         #: Where to go on after a reconnect (None: the start seq).
         self.resume: int | None = None
+        #: The server went away: the channel, when it is back, is a new one.
+        self.restarted = False
+        #: Server restarts seen; files of a later one are named ``{seq}-r{n}{ext}``.
+        self.generation = 0
 
     async def run(self) -> int:
         if self.out_dir is not None:
@@ -184,6 +188,10 @@ class _Follow:
                 now = trio.current_time()
                 if lost_at is None or self.count > count_then:  # it had come back
                     lost_at, count_then, backoff = now, self.count, BACKOFF[0]
+                    # A cut connection alone may leave the channel as it was...
+                    self.restarted = isinstance(exc, ServerGone)
+                else:
+                    self.restarted = True  # ...but not a server that stays away
                 if now - lost_at >= self.args.reconnect:
                     raise ServerGone(
                         f"{describe_error(exc, self.url)}; gave up reconnecting after "
@@ -228,7 +236,8 @@ class _Follow:
                 await output(self.stdout, chunk)
                 self.meter.bytes += len(chunk)
             return
-        name = f"{segment.seq:010d}{_extension(segment.content_type)}"
+        restart = f"-r{self.generation}" if self.generation else ""
+        name = f"{segment.seq:010d}{restart}{_extension(segment.content_type)}"
         part = self.out_dir / (name + ".part")
         file = await trio.open_file(part, "wb")
         try:
@@ -248,15 +257,24 @@ class _Follow:
         budget when reconnecting)."""
         deadline = lost_at + self.args.reconnect if lost_at is not None else None
         with trio.move_on_at(deadline if deadline is not None else float("inf")) as scope:
-            # ruff: ignore[async-busy-wait] - the state is another process's
             while (await self.transport.request("GET", f"{self.url}/next")).status == 404:
+                self.restarted = lost_at is not None  # gone: when it is back, it is new
                 await trio.sleep(WAIT_POLL)
         if scope.cancelled_caught:
             raise ChannelNotFoundError(self.url)
 
     async def _resume_seq(self) -> int:
-        """Where to go on: the seq we were at if the channel still has it coming, else the
-        live edge (the server restarted, and the channel with it)."""
+        """Where to go on after a reconnect.
+
+        If the server had gone (drained, unreachable, or the channel missing), the
+        channel that is back is a new one whose seqs start again: read it from its
+        start (seq 0; the live edge if 0 has left the window). After a cut connection to
+        a server that kept the channel: the seq we were at, if it is still to come.
+        """
+        if self.restarted:
+            self.restarted = False
+            self.generation += 1
+            return 0
         if self.resume is None:
             return int(self.args.start)
         response = await self.transport.request("GET", f"{self.url}/next")
