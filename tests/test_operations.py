@@ -191,13 +191,14 @@ def test_json_log_lines_carry_the_key_value_fields() -> None:
 async def test_lifecycle_events_are_logged(
     trickle_app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trickle_trio")
+    caplog.set_level(logging.DEBUG, logger="trickle_trio")
     await publish(trickle_app, "cam", 0, b"abc")
     await request(trickle_app, "DELETE", "/cam")
-    messages = [record.getMessage() for record in caplog.records]
-    assert "channel created channel=cam mime=" in messages  # no Content-Type sent
-    assert any(m.startswith("segment complete channel=cam seq=0 bytes=3") for m in messages)
-    assert "channel deleted channel=cam" in messages
+    levels = {record.getMessage(): record.levelno for record in caplog.records}
+    assert levels["channel created channel=cam mime="] == logging.INFO  # no Content-Type
+    (segment,) = [m for m in levels if m.startswith("segment complete channel=cam seq=0 bytes=3")]
+    assert levels[segment] == logging.DEBUG  # per segment: one per channel per second
+    assert levels["channel deleted channel=cam"] == logging.INFO
 
 
 def test_serve_flags_reach_the_settings(tmp_path: Path) -> None:
