@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,20 @@ async def test_every_segment_of_an_ffmpeg_stream_decodes_on_its_own(
     for path in segments:
         errors, key = await trio.to_thread.run_sync(decode_errors, path)
         assert (path.name, errors, key) == (path.name, "", "1")
+
+
+def test_a_server_that_is_gone_is_one_line_and_exit_3() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    for command in ("subscribe", "publish", "next", "status"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "trickle_trio", command, f"http://127.0.0.1:{port}/ch"],
+            input=b"",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 3, (command, proc.stderr)
+        assert proc.stderr.count(b"\n") == 1, (command, proc.stderr)
+        assert b"all attempts to connect" in proc.stderr
