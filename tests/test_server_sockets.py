@@ -203,6 +203,16 @@ async def test_a_delete_leaves_only_what_a_slow_reader_takes_and_then_nothing() 
             assert status["channels_retired"] == 1
             assert status["retained_bytes"] == len(data)
             assert status["retired"][0]["channel"] == "cam"
+            metrics = (await call(server.url, "GET", "/metrics")).body.decode()
+            assert "trickle_channels_retired 1.0" in metrics
+            assert f"trickle_retained_bytes {float(len(data)):.7e}" in metrics
+            # A publisher restarting now starts a brand-new channel under the name.
+            assert (await call(server.url, "POST", "/cam")).status == 200
+            fresh = server.registry.get("cam")
+            assert fresh is not None
+            assert fresh is not channel
+            assert (fresh.next_write, fresh.closed) == (0, False)
+            assert (await call(server.url, "DELETE", "/cam")).status == 200
             got = b""
             while (chunk := await reader.chunk()) is not None:
                 got += chunk

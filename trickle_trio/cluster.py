@@ -52,6 +52,7 @@ from typing import Any
 
 import trio
 
+from .client.cli import HelpFormatter
 from .core.wire import normalize_base_path
 from .supervisor import StartFailed, Supervisor
 
@@ -742,22 +743,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
+CLUSTER_DESCRIPTION = """\
+Run several trickle-trio serve processes behind HAProxy on one machine: HAProxy hashes
+each request's channel name onto one backend, so every request of a channel reaches the
+process that owns it. One backend per core; HAProxy needs some CPU too. SIGTERM or
+Ctrl-C stops HAProxy accepting, drains every backend, then stops. A backend that exits
+is restarted, with backoff; meanwhile the proxy's /readyz answers 503 and names it.
+
+With --print-config it only prints the HAProxy config for remote backends (--backend),
+to run HAProxy on a proxy machine of its own. Needs HAProxy (apt-get install haproxy).
+"""
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``cluster`` on the ``trickle-trio`` subcommands."""
     parser: argparse.ArgumentParser = sub.add_parser(
         "cluster",
         help="run N servers behind HAProxy, channels sharded by name",
-        description=__doc__.split("\n")[0] if __doc__ else None,
+        description=CLUSTER_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--workers", type=_positive_int, default=2, help="backend processes (default 2)")
     add("--host", default="127.0.0.1", help="address the proxy binds (default 127.0.0.1)")
     add("--port", type=int, default=2939, help="port the proxy binds (default 2939; 0 = any)")
     add("--base-path", default="/", help="path prefix of every route (default /)")
-    add("--autocreate", action=argparse.BooleanOptionalAction, default=True, help="(default on)")
-    add("--changefeed", action=argparse.BooleanOptionalAction, default=False, help="per shard")
-    add("--idle-timeout", type=float, help="seconds before idle channels go (backends)")
-    add("--config", help="TOML settings file for every backend (as serve --config)")
+    add(
+        "--autocreate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create channels on first publish",
+    )
+    add(
+        "--changefeed",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a _changes channel per shard (default off)",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        help="seconds before idle channels go, on every backend (default 300)",
+    )
+    add(
+        "--config",
+        help="TOML settings file for every backend, as serve --config (default: none)",
+    )
     add(
         "--stream-timeout",
         type=float,
@@ -776,12 +807,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add(
         "--restart-delay",
         type=float,
+        metavar="SECONDS",
         default=0.5,
         help="seconds before the first restart; doubles after each failed start (default 0.5)",
     )
     add(
         "--restart-delay-max",
         type=float,
+        metavar="SECONDS",
         default=30.0,
         help="the longest wait between restarts (default 30)",
     )
