@@ -1,11 +1,11 @@
-"""Shared fixtures: the project's own pytest plugin (trickle_trio.testing); the
-hostile-client figures (tests/hostile.py) printed at the end of the session."""
+"""The hostile-client figures (tests/hostile.py), printed at the end of the session.
+
+(The project's fixtures come from its pytest plugin, loaded through its entry point.)
+"""
 
 from __future__ import annotations
 
 from typing import Any
-
-pytest_plugins = ["trickle_trio.testing"]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -548,6 +548,39 @@ async def test_changefeed_records_additions_and_removals(nursery: trio.Nursery) 
     assert feed.next_write == 4
 
 
+async def test_changefeed_posts_one_removal_per_channel_however_it_goes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    registry = ChannelRegistry(nursery, changefeed=True)
+    for name in ("a", "b", "c", "d"):
+        registry.create(name)
+    registry.get("a").note_first_byte(0)  # type: ignore[union-attr]
+    await registry.delete("b")  # the registry's DELETE
+    c, d = registry.get("c"), registry.get("d")
+    assert c is not None
+    assert d is not None
+    c.request_delete()  # the channel itself (the in-process way)
+    d.request_delete()
+    d.request_delete()  # twice: still one removal
+    assert registry.get("c") is None
+    registry.create("b")  # a new channel under a deleted name: added again
+    await trio.sleep(1)
+    await registry.sweep(idle_timeout=0.5)  # sweeps a and b
+    feed = registry.get("_changes")
+    assert feed is not None
+    segments = sorted(feed.window, key=lambda segment: segment.seq)
+    events = [json.loads(b"".join(segment.chunks)) for segment in segments]
+    # The window holds the last five events.
+    assert events == [
+        {"removed": ["c"]},
+        {"removed": ["d"]},
+        {"added": ["b"]},
+        {"removed": ["a"]},
+        {"removed": ["b"]},
+    ]
+    assert feed.next_write == 1 + 4 + 1 + 1 + 1 + 1 + 2
+
+
 async def test_no_changefeed_unless_asked(nursery: trio.Nursery) -> None:
     registry = ChannelRegistry(nursery)
     registry.create("a")

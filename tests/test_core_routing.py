@@ -146,13 +146,17 @@ def test_base_path() -> None:
     route = decide("GET", b"/ai/trickle/cam/0", base)
     assert isinstance(route, Route)
     assert (route.kind, route.channel, route.seq) == (Kind.SEGMENT, "cam", "0")
-    # The server's own routes stay at the root; under the base they are channel names.
-    health = decide("GET", b"/healthz", base)
-    assert isinstance(health, Route)
-    assert health.kind is Kind.PROBE
-    named = decide("POST", b"/ai/trickle/healthz", base)
+    # The server's own routes answer at the root and under the base path.
+    for target in (b"/healthz", b"/ai/trickle/healthz"):
+        health = decide("GET", target, base)
+        assert isinstance(health, Route)
+        assert health.kind is Kind.PROBE
+    status = decide("GET", b"/ai/trickle/_status", base)
+    assert isinstance(status, Route)
+    assert (status.kind, status.access) == (Kind.STATUS, Access.WRITE)
+    named = decide("POST", b"/ai/trickle/healthz/0", base)
     assert isinstance(named, Route)
-    assert (named.kind, named.channel) == (Kind.CHANNEL, "healthz")
+    assert (named.kind, named.channel) == (Kind.SEGMENT, "healthz")  # refused by its handler
     for outside in (b"/cam/0", b"/ai/cam/0", b"/ai/trickle", b"/ai/trickle2/cam"):
         unknown = decide("POST", outside, base)
         assert isinstance(unknown, Route)

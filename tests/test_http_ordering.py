@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -220,3 +221,82 @@ async def test_a_preconnect_its_publisher_lets_go_is_answered_after_the_subscrib
     assert answer.headers["lp-trickle-closed"] == "terminated"
     assert released.headers["lp-trickle-closed"] == "terminated"
     assert log.index(("subscriber", "start")) < log.index(("preconnect", "start")), log
+
+
+LOOP_ROUNDS = 40
+
+
+async def count_own_seqs(app: Any, channel: str, outcomes: list[tuple[int, str, str]]) -> None:
+    """A subscriber counting its own seqs from 0, ignoring Lp-Trickle-Closed, until 404."""
+    for seq in range(MAX_REQUESTS):
+        response = await request(app, "GET", f"/{channel}/{seq}")
+        outcomes.append(
+            (
+                response.status,
+                response.headers.get("lp-trickle-seq", ""),
+                response.headers.get("lp-trickle-closed", ""),
+            )
+        )
+        if response.status == 404:
+            return
+
+
+async def loop_minus_one_to_404(
+    app: Any, channel: str, outcomes: list[tuple[int, str, str]]
+) -> None:
+    """A subscriber looping on -1 with no pause, ignoring Lp-Trickle-Closed, until 404."""
+    for _ in range(MAX_REQUESTS):
+        response = await request(app, "GET", f"/{channel}/-1")
+        outcomes.append(
+            (
+                response.status,
+                response.headers.get("lp-trickle-seq", ""),
+                response.headers.get("lp-trickle-closed", ""),
+            )
+        )
+        if response.status == 404:
+            return
+
+
+def assert_increasing_then_404(outcomes: list[tuple[int, str, str]]) -> None:
+    assert outcomes[-1][0] == 404, outcomes
+    seqs = [int(seq) for _, seq, _ in outcomes[:-1]]
+    assert seqs == sorted(set(seqs)), outcomes
+    closed = [i for i, (_, _, flag) in enumerate(outcomes[:-1]) if flag]
+    assert closed in ([], [len(outcomes) - 2]), outcomes  # only the last answer, if any
+
+
+@pytest.mark.parametrize("delete_first", [True, False], ids=["delete-first", "release-first"])
+async def test_looping_subscribers_never_see_a_seq_twice_while_a_slow_reader_holds_on(
+    trickle_app: Any, autojump_clock: trio.testing.MockClock, delete_first: bool
+) -> None:
+    """Many rounds of the close in either order, with a reader that can't take its
+    response head (so the old channel's teardown lasts its whole grace): the loopers
+    see strictly increasing seqs and then 404, and the last segment is never lost."""
+    for round_ in range(LOOP_ROUNDS):
+        channel = f"cam{round_}"
+        await publish(trickle_app, channel, 0, b"last frame")
+        minus_one: list[tuple[int, str, str]] = []
+        own: list[tuple[int, str, str]] = []
+        async with (
+            open_exchange(
+                trickle_app, "GET", f"/{channel}/0", response_buffer=0, shield_sends=True
+            ) as stuck,
+            open_exchange(trickle_app, "POST", f"/{channel}/1") as preconnect,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(loop_minus_one_to_404, trickle_app, channel, minus_one)
+            nursery.start_soon(count_own_seqs, trickle_app, channel, own)
+            await trio.testing.wait_all_tasks_blocked()
+            if delete_first:
+                assert (await request(trickle_app, "DELETE", f"/{channel}")).status == 200
+                await preconnect.end_body()
+            else:
+                await preconnect.end_body()
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await request(trickle_app, "DELETE", f"/{channel}")).status == 200
+            assert (await preconnect.read_response()).status == 200
+            assert (await stuck.read_response()).body == b"last frame"
+        assert_increasing_then_404(minus_one)
+        assert_increasing_then_404(own)
+        assert own[0] == (200, "0", "")

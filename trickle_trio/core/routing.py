@@ -15,10 +15,10 @@ Rule 2: the path is split on its literal ``/`` first, then each segment is
     not UTF-8, is refused: such a path means different things to different readers.
 Rule 3: the query string plays no part in routing.
 
-With base path ``/``, ``/healthz``, ``/readyz``, ``/metrics`` and ``/_status`` are the
-server's own routes; under another base path they stay at the root, and channels live
-under the base. The changefeed channel (``_changes``) belongs to the server: clients may
-read it, never write or delete it (403).
+``/healthz``, ``/readyz``, ``/metrics`` and ``/_status`` are the server's own routes,
+at the root and under the base path (where channels live). The changefeed channel
+(``_changes``) belongs to the server: clients may read it, never write or delete it
+(403).
 
 Imports only the stdlib and :mod:`.wire`.
 """
@@ -135,6 +135,9 @@ def decide(method: str, target: bytes, base_path: str = "/") -> Route | Refusal:
     if not rest or not rest[0] or len(rest) > 2:
         return Route(Kind.UNKNOWN, access, path)
     channel = rest[0]
+    if len(rest) == 1 and channel in _ROOT_ROUTES:  # the server's own, under the base too
+        kind, access = _ROOT_ROUTES[channel]
+        return Route(kind, access, path)
     if channel == wire.CHANGEFEED_CHANNEL and access is Access.WRITE:
         return CHANGEFEED_IS_THE_SERVERS
     if len(rest) == 1:

@@ -9,8 +9,8 @@ from ..config import Settings
 from ..core import routing, wire
 from ..registry import ChannelRegistry
 
-#: Names that can't be channels when the base path is "/": they are the server's own
-#: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.
+#: Names that can't be channels: they are the server's own routes (/healthz, /readyz,
+#: /metrics, /_status), served at the root and under the base path.
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
 
 #: Where a request's route decision (``core.routing.Route`` or ``Refusal``) is kept in
@@ -29,7 +29,7 @@ class ServerState:
     def __init__(self, settings: Settings, registry: ChannelRegistry | None = None) -> None:
         self.settings = settings
         self.base_path = wire.normalize_base_path(settings.base_path)
-        self.reserved = RESERVED_NAMES if self.base_path == "/" else frozenset[str]()
+        self.reserved = RESERVED_NAMES
         self.registry = registry
         self.draining = False
 
@@ -41,6 +41,19 @@ class ServerState:
             found = routing.decide(scope["method"], request_target(scope), self.base_path)
             scope[ROUTE_KEY] = found
         return found
+
+    async def drain(self) -> int:
+        """Shutdown: ``/readyz`` turns 503, every channel is deleted; returns how many.
+
+        Returns once each channel is torn down (``ChannelRegistry.close_all``).
+        Cancellation: the channels stay deleted; only the wait ends.
+        """
+        self.draining = True
+        if self.registry is None:
+            return 0
+        count = len(self.registry)
+        await self.registry.close_all()
+        return count
 
 
 def request_target(scope: Any) -> bytes:
