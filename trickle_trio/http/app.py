@@ -25,6 +25,7 @@ from ..registry import ChannelRegistry
 from . import fastpath
 from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
+from .live import live_status
 from .state import ServerState
 from .streams import SegmentStreams
 
@@ -114,6 +115,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
                 "age_s": round(now - channel.created_at, 3),
                 "idle_s": round(now - channel.write_time, 3),
                 "closed": channel.closed,
+                **live_status(channel),
             }
             for channel in registry.channels()
         ]
