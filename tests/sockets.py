@@ -104,11 +104,17 @@ async def connect(url: str) -> Conn:
     return Conn(stream, parts.netloc)
 
 
-async def call(url: str, method: str, path: str, body: bytes = b"") -> Reply:
+async def call(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: list[tuple[str, str]] | None = None,
+) -> Reply:
     """One whole request on a fresh connection."""
     conn = await connect(url)
     try:
-        headers = [("Content-Length", str(len(body)))]
+        headers = [("Content-Length", str(len(body))), *(headers or [])]
         await conn.start(method, path, headers)
         if body:
             await conn.send(body)

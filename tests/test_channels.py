@@ -11,8 +11,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from trickle_trio.channels import Channel, Segment, TaskScopes
-from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError
+from trickle_trio.channels import Channel, ChannelLimits, Segment, TaskScopes
+from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError, LimitExceededError
 from trickle_trio.publishing import PublisherGone, PublishOutcome, SegmentWriter
 from trickle_trio.registry import ChannelRegistry
 
@@ -370,47 +370,73 @@ async def test_create_is_idempotent_and_delete_removes(nursery: trio.Nursery) ->
     assert registry.create("cam", "other") is channel
     assert channel.mime_type == "video/mp2t"
     await registry.delete("cam")
-    assert registry.get("cam") is None
-    assert channel.deleted
+    assert registry.get("cam") is None  # gone at once
+    assert channel.closed
     with pytest.raises(ChannelNotFoundError):
         await registry.delete("cam")
+    await channel.wait_deleted()
+    assert channel.released
+    assert registry.retired() == []
+
+
+async def test_a_deleted_name_is_free_at_once_and_a_create_makes_a_new_channel(
+    nursery: trio.Nursery,
+) -> None:
+    registry = ChannelRegistry(nursery)
+    old = registry.create("cam")
+    reader = old.segment_for_write(0)
+    reader.append(b"old")
+    old.reading(reader)  # a slow reader keeps the old channel's teardown going
+    registry.remove("cam")
+    new = registry.create("cam", "text/plain")
+    assert new is not old
+    assert registry.get("cam") is new
+    assert (new.next_write, new.closed, new.mime_type) == (0, False, "text/plain")
+    assert registry.retired() == [old]
+    assert registry.gauges()["channels_retired"] == 1
 
 
 async def test_delete_releases_subscribers_before_publishers(nursery: trio.Nursery) -> None:
+    """Every subscriber attached at the DELETE hands its head over before any publisher
+    is answered, however long the subscribers take to get there: the order comes from
+    the teardown waiting for them, not from scheduling."""
     registry = ChannelRegistry(nursery)
     channel = registry.create("cam")
-    segment = channel.segment_for_write(0)
-    segment.append(b"complete before the delete")
+    segment = channel.segment_for_write(1)  # a precreated, empty segment
     events: list[str] = []
 
-    async def subscriber(label: str, *, task_status: trio.TaskStatus[None]) -> None:
+    async def subscriber(label: str, delay: int, *, task_status: trio.TaskStatus[None]) -> None:
         with channel.subscribers.lease() as scope, scope:
+            channel.head_pending()
             task_status.started()
-            index = 0
-            while chunks := await segment.wait_chunks(index):
-                index += len(chunks)
-                await trio.lowlevel.checkpoint()  # sending them
-            events.append(f"{label} got {index} chunk(s)")
+            assert not await segment.wait_readable(0)
+            for _ in range(delay):  # slower than the publisher's answer on purpose
+                await trio.lowlevel.checkpoint()
+            events.append(f"{label} head")
+            channel.head_sent()
 
     async def preconnect(*, task_status: trio.TaskStatus[None]) -> None:
         with channel.publishers.lease() as scope:
             task_status.started()
             with scope:
                 await trio.sleep_forever()
-            await trio.lowlevel.checkpoint()  # its answer
             events.append("preconnect released")
 
     async with trio.open_nursery() as handlers:
         await handlers.start(preconnect)  # started first on purpose
-        await handlers.start(subscriber, "subscriber-1")
-        await handlers.start(subscriber, "subscriber-2")
+        await handlers.start(subscriber, "subscriber-1", 20)
+        await handlers.start(subscriber, "subscriber-2", 40)
         await registry.delete("cam")
         events.append("delete returned")
-    assert sorted(events[:2]) == ["subscriber-1 got 1 chunk(s)", "subscriber-2 got 1 chunk(s)"]
-    assert events[2:] == ["preconnect released", "delete returned"]
+    assert events == [
+        "delete returned",  # at once: nobody is waited for
+        "subscriber-1 head",
+        "subscriber-2 head",
+        "preconnect released",
+    ]
 
 
-async def test_teardown_grace_bounds_a_stuck_subscriber(
+async def test_a_stuck_head_holds_only_the_publishers_and_only_for_the_grace(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     registry = ChannelRegistry(nursery, teardown_grace=3)
@@ -419,16 +445,67 @@ async def test_teardown_grace_bounds_a_stuck_subscriber(
 
     async def stuck(*, task_status: trio.TaskStatus[None]) -> None:
         with channel.subscribers.lease():
+            channel.head_pending()
             task_status.started()
             with trio.CancelScope(shield=True):
-                await released.wait()  # a client that stopped reading
+                await released.wait()  # a client that can't take even a head
+            channel.head_sent()
 
     async with trio.open_nursery() as handlers:
         await handlers.start(stuck)
         start = trio.current_time()
         await registry.delete("cam")
+        assert trio.current_time() == start  # the DELETE itself waits for nothing
+        await channel.wait_released()
         assert trio.current_time() - start == pytest.approx(3)
+        assert not channel.deleted  # the stuck reader is still served
         released.set()
+    await channel.wait_deleted()
+
+
+async def test_a_stalled_reader_holds_nothing_up_and_its_bytes_are_counted(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    registry = ChannelRegistry(nursery, teardown_grace=3)
+    channel = registry.create("cam")
+    segment = channel.segment_for_write(0)
+    segment.append(b"x" * 1000)
+    leave = trio.Event()
+
+    async def stalled(*, task_status: trio.TaskStatus[None]) -> None:
+        with channel.subscribers.lease():
+            channel.reading(segment)
+            task_status.started()  # its head went out long ago
+            await leave.wait()
+            channel.done_reading(segment)
+
+    async with trio.open_nursery() as handlers:
+        await handlers.start(stalled)
+        start = trio.current_time()
+        await registry.delete("cam")
+        await channel.wait_released()
+        assert trio.current_time() == start  # not even the grace
+        assert registry.gauges()["retained_bytes"] == 1000
+        assert registry.retired() == [channel]
+        leave.set()
+    await channel.wait_deleted()
+    await trio.testing.wait_all_tasks_blocked()
+    assert registry.retired() == []
+    assert registry.gauges()["retained_bytes"] == 0
+
+
+async def test_retired_channels_count_towards_max_channels(nursery: trio.Nursery) -> None:
+    registry = ChannelRegistry(nursery, limits=ChannelLimits(max_channels=1))
+    channel = registry.create("a")
+    segment = channel.segment_for_write(0)
+    with channel.subscribers.lease():
+        registry.remove("a")
+        with pytest.raises(LimitExceededError):
+            registry.create("b")
+    await channel.wait_deleted()
+    await trio.testing.wait_all_tasks_blocked()
+    registry.create("b")
+    assert segment.closed
 
 
 async def test_sweep_deletes_idle_channels_but_not_underscored(
@@ -469,6 +546,39 @@ async def test_changefeed_records_additions_and_removals(nursery: trio.Nursery) 
         {"removed": ["a"]},
     ]
     assert feed.next_write == 4
+
+
+async def test_changefeed_posts_one_removal_per_channel_however_it_goes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    registry = ChannelRegistry(nursery, changefeed=True)
+    for name in ("a", "b", "c", "d"):
+        registry.create(name)
+    registry.get("a").note_first_byte(0)  # type: ignore[union-attr]
+    await registry.delete("b")  # the registry's DELETE
+    c, d = registry.get("c"), registry.get("d")
+    assert c is not None
+    assert d is not None
+    c.request_delete()  # the channel itself (the in-process way)
+    d.request_delete()
+    d.request_delete()  # twice: still one removal
+    assert registry.get("c") is None
+    registry.create("b")  # a new channel under a deleted name: added again
+    await trio.sleep(1)
+    await registry.sweep(idle_timeout=0.5)  # sweeps a and b
+    feed = registry.get("_changes")
+    assert feed is not None
+    segments = sorted(feed.window, key=lambda segment: segment.seq)
+    events = [json.loads(b"".join(segment.chunks)) for segment in segments]
+    # The window holds the last five events.
+    assert events == [
+        {"removed": ["c"]},
+        {"removed": ["d"]},
+        {"added": ["b"]},
+        {"removed": ["a"]},
+        {"removed": ["b"]},
+    ]
+    assert feed.next_write == 1 + 4 + 1 + 1 + 1 + 1 + 2
 
 
 async def test_no_changefeed_unless_asked(nursery: trio.Nursery) -> None:

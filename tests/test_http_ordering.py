@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -114,8 +115,11 @@ async def test_delete_answers_every_subscriber_before_any_preconnect(
     preconnects_start = min(
         position("idle preconnect", "start"), position("active publisher", "start")
     )
+    # Every subscriber's terminal response has started (here: ended, the in-process
+    # driver never blocks) before any publisher is answered; the DELETE's own answer
+    # waits for none of them.
     assert subscribers_done < preconnects_start, log
-    assert log[-2:] == [("delete", "start"), ("delete", "end")], log
+    assert log.index(("delete", "end")) < preconnects_start, log
     assert responses["waiting"].headers["lp-trickle-closed"] == "terminated"
     assert responses["waiting"].body == b""
     for name in ("idle", "active"):
@@ -145,23 +149,27 @@ async def test_released_preconnect_never_shows_a_fresh_empty_segment(trickle_app
     assert seen == ["terminated"]
 
 
-async def test_nothing_of_a_channel_outlives_its_delete_response(
+async def test_nothing_of_a_channel_outlives_what_it_serves(
     trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:
     await publish(trickle_app, "cam", 0, b"x")
     channel = trickle_registry.get("cam")
     assert channel is not None
     async with (
-        open_exchange(trickle_app, "POST", "/cam/1"),
-        open_exchange(trickle_app, "GET", "/cam/1"),
-        open_exchange(trickle_app, "GET", "/cam/1"),
+        open_exchange(trickle_app, "POST", "/cam/1") as idle,
+        open_exchange(trickle_app, "GET", "/cam/1") as first,
+        open_exchange(trickle_app, "GET", "/cam/1") as second,
     ):
         await trio.testing.wait_all_tasks_blocked()
         assert (len(channel.subscribers), len(channel.publishers)) == (2, 1)
         assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        assert "cam" not in trickle_registry  # the name is gone with the answer
+        for exchange in (idle, first, second):
+            assert (await exchange.read_response()).headers["lp-trickle-closed"] == "terminated"
+        await channel.wait_deleted()
         assert (len(channel.subscribers), len(channel.publishers)) == (0, 0)
-        assert channel.deleted
-        assert all(segment.closed for segment in channel.window) or not list(channel.window)
+        assert list(channel.window) == []
+        assert trickle_registry.retired() == []
 
 
 async def test_delete_never_takes_away_a_segment_completed_before_it(
@@ -181,3 +189,114 @@ async def test_delete_never_takes_away_a_segment_completed_before_it(
         after = await next_one.read_response()
     assert (got.status, got.body) == (200, b"last words")
     assert after.headers["lp-trickle-closed"] == "terminated"
+
+
+async def test_a_preconnect_its_publisher_lets_go_is_answered_after_the_subscribers(
+    trickle_app: Any,
+) -> None:
+    """The PR #3824 close (DELETE, then the publisher ends its idle preconnect itself):
+    the preconnect's answer still waits until every subscriber attached at the DELETE has
+    handed its terminal response over, here one whose client is slow to take it."""
+    await publish(trickle_app, "cam", 0, b"x")
+    log: list[tuple[str, str]] = []
+    async with (
+        open_exchange(trickle_app, "POST", "/cam/1", label="preconnect", log=log) as idle,
+        open_exchange(
+            trickle_app,
+            "GET",
+            "/cam/1",
+            label="subscriber",
+            log=log,
+            response_buffer=0,
+            shield_sends=True,
+        ) as slow,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await request(trickle_app, "DELETE", "/cam")).status == 200
+        await idle.end_body()  # the publisher lets its preconnect go
+        await trio.testing.wait_all_tasks_blocked()
+        assert ("preconnect", "start") not in log, log  # held for the subscriber
+        answer = await slow.read_response()
+        released = await idle.read_response()
+    assert answer.headers["lp-trickle-closed"] == "terminated"
+    assert released.headers["lp-trickle-closed"] == "terminated"
+    assert log.index(("subscriber", "start")) < log.index(("preconnect", "start")), log
+
+
+LOOP_ROUNDS = 40
+
+
+async def count_own_seqs(app: Any, channel: str, outcomes: list[tuple[int, str, str]]) -> None:
+    """A subscriber counting its own seqs from 0, ignoring Lp-Trickle-Closed, until 404."""
+    for seq in range(MAX_REQUESTS):
+        response = await request(app, "GET", f"/{channel}/{seq}")
+        outcomes.append(
+            (
+                response.status,
+                response.headers.get("lp-trickle-seq", ""),
+                response.headers.get("lp-trickle-closed", ""),
+            )
+        )
+        if response.status == 404:
+            return
+
+
+async def loop_minus_one_to_404(
+    app: Any, channel: str, outcomes: list[tuple[int, str, str]]
+) -> None:
+    """A subscriber looping on -1 with no pause, ignoring Lp-Trickle-Closed, until 404."""
+    for _ in range(MAX_REQUESTS):
+        response = await request(app, "GET", f"/{channel}/-1")
+        outcomes.append(
+            (
+                response.status,
+                response.headers.get("lp-trickle-seq", ""),
+                response.headers.get("lp-trickle-closed", ""),
+            )
+        )
+        if response.status == 404:
+            return
+
+
+def assert_increasing_then_404(outcomes: list[tuple[int, str, str]]) -> None:
+    assert outcomes[-1][0] == 404, outcomes
+    seqs = [int(seq) for _, seq, _ in outcomes[:-1]]
+    assert seqs == sorted(set(seqs)), outcomes
+    closed = [i for i, (_, _, flag) in enumerate(outcomes[:-1]) if flag]
+    assert closed in ([], [len(outcomes) - 2]), outcomes  # only the last answer, if any
+
+
+@pytest.mark.parametrize("delete_first", [True, False], ids=["delete-first", "release-first"])
+async def test_looping_subscribers_never_see_a_seq_twice_while_a_slow_reader_holds_on(
+    trickle_app: Any, autojump_clock: trio.testing.MockClock, delete_first: bool
+) -> None:
+    """Many rounds of the close in either order, with a reader that can't take its
+    response head (so the old channel's teardown lasts its whole grace): the loopers
+    see strictly increasing seqs and then 404, and the last segment is never lost."""
+    for round_ in range(LOOP_ROUNDS):
+        channel = f"cam{round_}"
+        await publish(trickle_app, channel, 0, b"last frame")
+        minus_one: list[tuple[int, str, str]] = []
+        own: list[tuple[int, str, str]] = []
+        async with (
+            open_exchange(
+                trickle_app, "GET", f"/{channel}/0", response_buffer=0, shield_sends=True
+            ) as stuck,
+            open_exchange(trickle_app, "POST", f"/{channel}/1") as preconnect,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(loop_minus_one_to_404, trickle_app, channel, minus_one)
+            nursery.start_soon(count_own_seqs, trickle_app, channel, own)
+            await trio.testing.wait_all_tasks_blocked()
+            if delete_first:
+                assert (await request(trickle_app, "DELETE", f"/{channel}")).status == 200
+                await preconnect.end_body()
+            else:
+                await preconnect.end_body()
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await request(trickle_app, "DELETE", f"/{channel}")).status == 200
+            assert (await preconnect.read_response()).status == 200
+            assert (await stuck.read_response()).body == b"last frame"
+        assert_increasing_then_404(minus_one)
+        assert_increasing_then_404(own)
+        assert own[0] == (200, "0", "")

@@ -150,17 +150,17 @@ async def test_end_of_stream_answers_closed(
     assert (await fetch(trickle_app, "cam", 0)).status == 404
 
 
-async def test_a_closing_channel_answers_closed_not_470(
+async def test_a_deleted_channel_answers_as_one_that_never_existed(
     trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:
     await publish(trickle_app, "cam", 0, b"x")
     channel = trickle_registry.get("cam")
     assert channel is not None
-    channel.request_delete()  # closed, not yet removed
-    response = await fetch(trickle_app, "cam", 5)
-    assert response.status == 200
-    assert response.headers["lp-trickle-closed"] == "terminated"
-    assert response.headers["lp-trickle-seq"] == "5"
+    channel.request_delete()  # the in-process way: the name goes at once too
+    for seq in (5, 0, -1, "next"):
+        response = await fetch(trickle_app, "cam", seq)
+        assert (response.status, response.body) == (404, b"Stream not found\n")
+        assert "lp-trickle-closed" not in response.headers
     await channel.wait_deleted()
 
 

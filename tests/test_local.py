@@ -126,16 +126,34 @@ async def test_close_ends_waiting_local_subscribers(trickle_registry: ChannelReg
         await pub.write(b"x")
 
 
-async def test_writing_to_a_closing_channel_raises_closed(
+async def test_a_deleted_channel_is_not_found_in_process_too(
     trickle_registry: ChannelRegistry,
 ) -> None:
     pub = LocalPublisher(trickle_registry, "cam")
     channel = pub.create_channel()
     channel.request_delete()
-    with pytest.raises(ChannelClosedError):
+    with pytest.raises(ChannelNotFoundError):
         await pub.write(b"x")
-    with pytest.raises(ChannelClosedError):
+    with pytest.raises(ChannelNotFoundError):
         await LocalSubscriber(trickle_registry, "cam").read()
+    assert pub.create_channel() is not channel  # a brand-new channel
+    await channel.wait_deleted()
+
+
+async def test_a_channel_deleted_while_writing_raises_closed(
+    trickle_registry: ChannelRegistry,
+) -> None:
+    pub = LocalPublisher(trickle_registry, "cam")
+    channel = pub.create_channel()
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"a"
+        channel.request_delete()
+        await trio.sleep_forever()
+        yield b"never"
+
+    with pytest.raises(ChannelClosedError):
+        await pub.write(source())
     await channel.wait_deleted()
 
 

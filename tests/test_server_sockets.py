@@ -6,12 +6,16 @@ it under that bound (MockClock is not usable with socket I/O in flight).
 
 from __future__ import annotations
 
+import json
+
+import h11
 import trio
 import trustme
 
 from trickle_trio.config import Settings
 from trickle_trio.server import RunningServer, open_server
 
+from .client_support import task_names
 from .sockets import call, connect, until
 
 LIMIT = 10
@@ -134,6 +138,79 @@ async def test_shutdown_drains_every_channel_before_hypercorn_stops() -> None:
     assert sub_reply.headers["lp-trickle-closed"] == "terminated"
     assert sub_reply.headers["connection"] == "close"  # no keep-alive while draining
     assert pub_reply.headers["lp-trickle-closed"] == "terminated"
+
+
+async def test_shutdown_cuts_a_reader_that_stopped_reading_visibly() -> None:
+    """The drain deletes every channel, but a reader that stopped reading in the middle
+    of a big segment can't finish: once hypercorn's graceful timeout runs out, its
+    connection is reset (the server exits, nothing waits for the client) and the
+    response has no terminating chunk: never a clean end of a cut segment."""
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, graceful_timeout=0.5)
+    data = b"z" * (32 * 1024 * 1024)  # far more than loopback socket buffers hold
+    with trio.fail_after(LIMIT):
+        async with open_server(settings) as server:
+            assert (await call(server.url, "POST", "/cam/0", data)).status == 200
+            reader = await connect(server.url)
+            await reader.start("GET", "/cam/0")
+            await reader.end()
+            assert (await reader.head()).status == 200
+            await server.shutdown()
+        # The server has stopped (the block ended) while the reader held data unread.
+        got = 0
+        clean = True
+        try:
+            while (chunk := await reader.chunk()) is not None:
+                got += len(chunk)
+        except (h11.RemoteProtocolError, trio.BrokenResourceError):
+            clean = False
+        await reader.aclose()
+    assert not clean
+    assert got < len(data)
+
+
+async def test_a_delete_leaves_only_what_a_slow_reader_takes_and_then_nothing() -> None:
+    """DELETE with a reader that stopped reading in the middle of a big segment, an idle
+    preconnect and a waiting subscriber: the DELETE is answered while the reader still
+    reads nothing, the name is free, what the reader holds is counted; once it has read
+    every byte (a clean end) and everyone has left, the tasks and counters are back to
+    where they were."""
+    settings = Settings(host="127.0.0.1", port=0, autocreate=True, teardown_grace=600)
+    data = bytes(range(256)) * (32 * 1024 * 1024 // 256)
+    with trio.fail_after(LIMIT * 3):
+        async with open_server(settings) as server:
+            await call(server.url, "GET", "/healthz")
+            baseline = len(task_names())
+            assert (await call(server.url, "POST", "/cam/0", data)).status == 200
+            reader = await connect(server.url)
+            await reader.start("GET", "/cam/0")
+            await reader.end()
+            assert (await reader.head()).status == 200
+            preconnect = await connect(server.url)
+            await preconnect.start("POST", "/cam/1")
+            waiting = await connect(server.url)
+            await waiting.start("GET", "/cam/1")
+            await waiting.end()
+            channel = server.registry.get("cam")
+            assert channel is not None
+            await until(lambda: (len(channel.subscribers), len(channel.publishers)) == (2, 1))
+            assert (await call(server.url, "DELETE", "/cam")).status == 200
+            assert (await call(server.url, "GET", "/cam/0")).status == 404
+            assert (await waiting.response()).headers["lp-trickle-closed"] == "terminated"
+            assert (await preconnect.response()).headers["lp-trickle-closed"] == "terminated"
+            status = json.loads((await call(server.url, "GET", "/_status")).body)
+            assert status["channels_retired"] == 1
+            assert status["retained_bytes"] == len(data)
+            assert status["retired"][0]["channel"] == "cam"
+            got = b""
+            while (chunk := await reader.chunk()) is not None:
+                got += chunk
+            assert got == data  # every byte, then the terminating chunk
+            for conn in (reader, preconnect, waiting):
+                await conn.aclose()
+            await channel.wait_deleted()
+            await until(lambda: len(task_names()) <= baseline)
+            assert server.registry.retired() == []
+            assert server.registry.gauges()["retained_bytes"] == 0
 
 
 async def test_tls(tmp_path: object) -> None:

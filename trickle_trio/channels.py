@@ -5,10 +5,14 @@ Ownership:
   Every channel is a task in it (``Channel.run``) that lives until it is deleted.
 - Request handlers live in hypercorn's nursery, not ours. A channel lends them cancel
   scopes (``TaskScopes.lease``): ``subscribers`` for GETs, ``publishers`` for POSTs.
-- DELETE tears the channel down as one unit, in a fixed order written once in
-  ``Channel.run``: every subscriber finishes (with the bytes completed before the
-  DELETE, then its terminal response) before any publisher (an idle preconnect
-  included) is released, and the DELETE returns only when both groups are gone.
+- DELETE is final at once (``request_delete``, sync: the registry forgets the name in
+  the same step) and then torn down by the channel's task, in a fixed order written
+  once in ``Channel.run``: every subscriber attached at the DELETE starts its terminal
+  response (its head handed to the connection, the rest of its segment fixed) before
+  any publisher (an idle preconnect included) is answered. Nobody waits for a slow
+  reader: it goes on reading the bytes its segment held, at its own pace, and the
+  channel's task lives (owning those buffers, counted as retained) until the last such
+  reader has finished or left.
 
 Nothing here blocks while holding state: ``append``/``close`` and the window decisions
 are sync, so a decision and the state change it makes are never separated by a
@@ -299,8 +303,11 @@ class Channel:
         teardown_grace: float = 5.0,
         metrics: ServerMetrics | None = None,
         limits: ChannelLimits | None = None,
+        on_delete: Callable[[Channel], None] | None = None,
     ) -> None:
         self.name = name
+        #: Called (sync) the moment the channel is deleted: the registry forgets the name.
+        self._on_delete = on_delete
         self.limits = limits if limits is not None else ChannelLimits()
         self.metrics = metrics if metrics is not None else _unshared_metrics()
         self.mime_type = mime_type
@@ -316,7 +323,16 @@ class Channel:
         self.publishers = TaskScopes(name, self.limits.max_publishers, "max_publishers_per_channel")
         self._teardown_grace = teardown_grace
         self._delete_requested = trio.Event()
+        self._tearing_down = False
+        #: Subscribers whose response head has not been handed to their connection yet.
+        self._heads_pending = 0
+        self._heads_changed: trio.Event | None = None
+        self._settled = trio.Event()
+        self._released = trio.Event()
         self._deleted = trio.Event()
+        #: Segments being streamed to subscribers now, and how many read each: what
+        #: readers of a deleted channel still hold (``retained_bytes``).
+        self._reading: dict[Segment, int] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -398,66 +414,156 @@ class Channel:
         self.next_write = seq + 1
         self.write_time = trio.current_time()
 
+    # -- readers ---------------------------------------------------------------------------
+
+    def reading(self, segment: Segment) -> None:  # sync on purpose
+        """A subscriber starts streaming ``segment`` (pair with :meth:`done_reading`)."""
+        self._reading[segment] = self._reading.get(segment, 0) + 1
+
+    def done_reading(self, segment: Segment) -> None:  # sync on purpose
+        count = self._reading.get(segment, 0) - 1
+        if count > 0:
+            self._reading[segment] = count
+        else:
+            self._reading.pop(segment, None)
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of the segments that subscribers are streaming now."""
+        return sum(segment.size for segment in self._reading)
+
+    def head_pending(self) -> None:  # sync on purpose
+        """A subscriber has a segment but has not handed its response head over yet.
+
+        Pair with :meth:`head_sent`. The teardown waits for these before it answers any
+        publisher: that is what "every subscriber's terminal response starts before any
+        preconnect is released" means.
+        """
+        self._heads_pending += 1
+
+    def head_sent(self) -> None:  # sync on purpose
+        self._heads_pending -= 1
+        if not self._heads_pending and self._heads_changed is not None:
+            self._heads_changed.set()
+            self._heads_changed = None
+
+    async def _wait_heads_sent(self) -> None:
+        while self._heads_pending:
+            if self._heads_changed is None:
+                self._heads_changed = trio.Event()
+            await self._heads_changed.wait()
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def request_delete(self) -> None:  # sync on purpose
-        """Ask the channel's task to tear the channel down (idempotent)."""
-        self.closed = True
-        self.subscribers.close()
-        self.publishers.close()
+        """Close the channel for good and ask its task to tear it down (idempotent).
+
+        From here on no lease is lent and no segment grows, and the registry has
+        forgotten the name (``on_delete``). Every segment is closed for its readers
+        (each reaches the end of the bytes it holds), but idle preconnects stay until
+        the subscribers' terminal responses have started (see :meth:`run`).
+        """
+        if not self.closed:
+            self.closed = True
+            self.subscribers.close()
+            self.publishers.close()
+            for segment in self.window:
+                segment.close(release_writers=False)
+            if self._on_delete is not None:
+                self._on_delete(self)
         self._delete_requested.set()
 
+    async def wait_settled(self) -> None:
+        """Wait until every subscriber attached at the DELETE has started its terminal
+        response (at once if the channel is open or has no task tearing it down).
+
+        Cancellation: only the wait ends.
+        """
+        if self.closed and self._tearing_down and not self._settled.is_set():
+            await self._settled.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def wait_released(self) -> None:
+        """Wait until the teardown proper has finished: every subscriber's terminal
+        response has started and every publisher has been answered (each bounded by
+        ``teardown_grace``). Readers may still be reading what their segments held.
+
+        Cancellation: only the wait ends.
+        """
+        await self._released.wait()
+
     async def wait_deleted(self) -> None:
-        """Wait until the teardown has finished: no lease of this channel is left."""
+        """Wait until nothing of the channel is left: torn down, and the last reader of
+        its segments has finished or left.
+
+        Cancellation: only the wait ends.
+        """
         await self._deleted.wait()
 
     @property
     def deleted(self) -> bool:
         return self._deleted.is_set()
 
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The channel's task: wait for deletion (or cancellation), then tear down.
+        """The channel's task: wait for deletion (or cancellation), tear down, then
+        keep the segments' buffers until their last reader is done.
 
-        Teardown, shielded, each phase bounded by ``teardown_grace``:
+        Teardown, shielded, each phase bounded by ``teardown_grace`` (only a client that
+        can't take even a response head can hold a phase up; it is logged):
 
-        1. Mark the channel closed (new requests are refused) and close every segment
-           for its readers, *without* letting go of idle preconnects yet.
-        2. Wait for the subscribers to finish: each sends what its segment holds (bytes
-           completed before the DELETE are never taken away) and ends its response, an
-           empty 200 + ``Lp-Trickle-Closed`` if it had nothing. Only a client that
-           stopped reading can hold this up; past the grace its scope is cancelled.
-        3. Only then cancel the publishers: idle preconnects and writers still sending
-           are answered 200 + ``Lp-Trickle-Closed``.
-        4. Empty the window. Nothing of the channel is left when ``wait_deleted`` returns.
+        1. :meth:`request_delete` (already done by a DELETE): closed; every segment
+           closed for its readers, idle preconnects held.
+        2. Wait until every subscriber has handed its response head to its connection:
+           a subscriber waiting for a first byte sends an empty 200 +
+           ``Lp-Trickle-Closed``; one whose head is out only has bytes left to send,
+           which are fixed now (the segment is closed).
+        3. Only then answer the publishers: idle preconnects and writers still sending
+           get 200 + ``Lp-Trickle-Closed``. The window is emptied.
+        4. Wait (not shielded) until every subscriber has left: a slow reader gets every
+           byte its segment held, at its own pace, and nobody waits for it but this task.
+
+        Cancellation: phases 1-3 run to their end (shielded, bounded); the wait of
+        phase 4 ends at once (the registry's nursery is going away).
         """
         try:
-            task_status.started()
-            await self._delete_requested.wait()
+            try:
+                task_status.started()
+                await self._delete_requested.wait()
+            finally:
+                self.request_delete()
+                self._tearing_down = True
+                with trio.CancelScope(shield=True):
+                    await self._tear_down()
+            await self.subscribers.wait_drained()
         finally:
-            self.closed = True
-            self.subscribers.close()
-            self.publishers.close()
-            for segment in self.window:
-                segment.close(release_writers=False)
-            with trio.move_on_after(self._teardown_grace, shield=True) as grace:
-                await self.subscribers.wait_drained()
-            if grace.cancelled_caught:
-                self._overran("subscribers")
-                self.subscribers.cancel()
-            with trio.move_on_after(self._teardown_grace, shield=True) as grace:
-                await self.publishers.cancel_and_drain()
-            if grace.cancelled_caught:
-                self._overran("publishers")
-            for segment in self.window.clear():
-                segment.release_idle_writers()
+            self._reading.clear()
             self._deleted.set()
+
+    async def _tear_down(self) -> None:
+        with trio.move_on_after(self._teardown_grace) as grace:
+            await self._wait_heads_sent()
+        if grace.cancelled_caught:
+            self._overran("subscribers")
+        self._settled.set()
+        with trio.move_on_after(self._teardown_grace) as grace:
+            await self.publishers.cancel_and_drain()
+        if grace.cancelled_caught:
+            self._overran("publishers")
+        for segment in self.window.clear():
+            segment.release_idle_writers()
+        self._released.set()
 
     def _overran(self, phase: str) -> None:
         logger.warning(
-            "channel teardown overran channel=%s phase=%s subscribers=%d publishers=%d",
+            "channel teardown overran channel=%s phase=%s heads_pending=%d publishers=%d",
             self.name,
             phase,
-            len(self.subscribers),
+            self._heads_pending,
             len(self.publishers),
         )
 

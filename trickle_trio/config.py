@@ -52,8 +52,9 @@ class Settings:
     idle_timeout: float = 300.0
     #: How often the idle sweep runs.
     sweep_interval: float = 60.0
-    #: How long a DELETE waits for subscribers (then preconnects) to leave before it
-    #: goes on regardless; only a client that stopped reading can make it wait.
+    #: How long a deleted channel's publishers (idle preconnects included) wait to be
+    #: answered for a subscriber that can't take its response head; the DELETE itself
+    #: never waits, and readers keep reading what their segments held.
     teardown_grace: float = 5.0
     #: hypercorn's graceful_timeout, applied after the channels have been drained.
     graceful_timeout: float = 5.0

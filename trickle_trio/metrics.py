@@ -109,6 +109,8 @@ class _Collector(Collector):
 
 _GAUGE_HELP = {
     "channels_open": "Channels that exist now.",
+    "channels_retired": "Deleted channels whose last readers are still taking their bytes.",
+    "retained_bytes": "Segment bytes held for the readers of deleted channels.",
     "subscribers_attached": "Subscriber GETs attached to a channel now.",
     "publishers_attached": "Publisher POSTs attached to a channel now (idle or writing).",
     "preconnects_idle": "Publisher POSTs that have not sent a byte yet.",

@@ -1,8 +1,12 @@
 """ChannelRegistry: every channel of one server, each a task in a nursery it was lent.
 
-Creation is sync and idempotent, deletion waits for the channel's ordered teardown,
-the idle sweep deletes channels nobody wrote to, and the changefeed (``_changes``)
-records additions and removals through the in-process publisher.
+Creation and deletion are sync decisions: a deleted channel's name is free again at
+once (a later request is answered as for a channel that never existed), while the
+channel itself, *retired*, finishes its ordered teardown in its own task and keeps the
+buffers its remaining readers are taking (counted: ``channels_retired``,
+``retained_bytes``; retired channels count towards ``max_channels``). The idle sweep
+deletes channels nobody wrote to, and the changefeed (``_changes``) records one
+addition and one removal per channel through the in-process publisher.
 
 Imports: trio, ``config``, ``core``, ``metrics``, ``channels`` and ``local``.
 """
@@ -48,6 +52,9 @@ class ChannelRegistry:
         self._teardown_grace = teardown_grace
         self.limits = limits if limits is not None else ChannelLimits()
         self._channels: dict[str, Channel] = {}
+        #: Deleted channels whose task still runs: tearing down, or serving the last
+        #: readers of their segments.
+        self._retired: set[Channel] = set()
         self.metrics = ServerMetrics()
         self.metrics.bind(self.gauges)
         self._changefeed = changefeed
@@ -84,13 +91,21 @@ class ChannelRegistry:
         """A snapshot of every channel."""
         return list(self._channels.values())
 
+    def retired(self) -> list[Channel]:
+        """A snapshot of the deleted channels that still serve readers (or tear down)."""
+        return list(self._retired)
+
     def gauges(self) -> dict[str, float]:
         """What is attached now (computed on demand, for ``/metrics`` and the status view)."""
         channels = list(self._channels.values())
+        retired = list(self._retired)
+        everything = channels + retired
         return {
             "channels_open": len(channels),
-            "subscribers_attached": sum(len(channel.subscribers) for channel in channels),
-            "publishers_attached": sum(len(channel.publishers) for channel in channels),
+            "channels_retired": len(retired),
+            "retained_bytes": sum(channel.retained_bytes for channel in retired),
+            "subscribers_attached": sum(len(channel.subscribers) for channel in everything),
+            "publishers_attached": sum(len(channel.publishers) for channel in everything),
             "preconnects_idle": sum(
                 segment.idle_writers for channel in channels for segment in channel.window
             ),
@@ -105,7 +120,7 @@ class ChannelRegistry:
         channel = self._channels.get(name)
         if channel is not None:
             return channel
-        if len(self._channels) >= self.limits.max_channels:
+        if len(self._channels) + len(self._retired) >= self.limits.max_channels:
             logger.warning(
                 "limit hit limit=max_channels channel=%s value=%d", name, self.limits.max_channels
             )
@@ -116,6 +131,7 @@ class ChannelRegistry:
             teardown_grace=self._teardown_grace,
             metrics=self.metrics,
             limits=self.limits,
+            on_delete=self._forget,
         )
         self._channels[name] = channel
         self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")
@@ -125,34 +141,58 @@ class ChannelRegistry:
 
     async def _run_channel(self, channel: Channel) -> None:
         try:
-            await channel.run()
+            await channel.run()  # deletes the channel (_forget) even when cancelled
         finally:
-            if self._channels.get(channel.name) is channel:
-                del self._channels[channel.name]
+            self._retired.discard(channel)
 
-    async def delete(self, name: str) -> None:
-        """Delete channel ``name``: returns once every subscriber and publisher has left.
+    def _forget(self, channel: Channel) -> None:  # sync on purpose
+        """``Channel.request_delete``'s hook: the name is free, the removal is posted.
+
+        Runs once per channel, however it was deleted (DELETE, the in-process API, the
+        sweep, the drain, or its task cancelled).
+        """
+        if self._channels.get(channel.name) is not channel:
+            return
+        del self._channels[channel.name]
+        self._retired.add(channel)
+        logger.info("channel deleted channel=%s", channel.name)
+        self._post_change("removed", channel.name)
+
+    def remove(self, name: str) -> Channel:  # sync on purpose
+        """Delete channel ``name`` now: its name is free at once, the channel is closed
+        and its task tears it down (see ``Channel.run``); the caller does not wait.
 
         Raises:
-            ChannelNotFoundError: no such channel (or it is already being deleted).
-
-        Cancellation: the deletion goes on in the channel's task; only the wait ends.
+            ChannelNotFoundError: no such channel.
         """
         channel = self._channels.get(name)
-        if channel is None or channel.closed:
+        if channel is None:
             raise ChannelNotFoundError(name)
         channel.request_delete()
-        await channel.wait_deleted()
-        logger.info("channel deleted channel=%s", name)
-        self._post_change("removed", name)
+        return channel
+
+    async def delete(self, name: str) -> None:
+        """Delete channel ``name`` (see :meth:`remove`); returns without waiting for its
+        teardown or its readers (``Channel.wait_released`` / ``wait_deleted`` do).
+
+        Raises:
+            ChannelNotFoundError: no such channel.
+        """
+        self.remove(name)
+        await trio.lowlevel.checkpoint()
 
     async def close_all(self) -> None:
-        """Delete every channel at once (shutdown drain); returns when all are gone."""
-        channels = list(self._channels.values())
+        """Delete every channel (shutdown drain), the changefeed last; returns once each
+        has been torn down: every subscriber's terminal response started, every
+        publisher answered. Readers may still be taking what their segments held.
+
+        Cancellation: the channels stay deleted; only the wait ends.
+        """
+        channels = sorted(self._channels.values(), key=lambda c: c.name == wire.CHANGEFEED_CHANNEL)
         for channel in channels:
             channel.request_delete()
         for channel in channels:
-            await channel.wait_deleted()
+            await channel.wait_released()
 
     async def sweep(self, idle_timeout: float) -> list[str]:
         """Delete channels whose last write is older than ``idle_timeout`` seconds.
@@ -163,14 +203,12 @@ class ChannelRegistry:
         swept = [
             channel.name
             for channel in self._channels.values()
-            if not channel.name.startswith("_")
-            and not channel.closed
-            and now - channel.write_time > idle_timeout
+            if not channel.name.startswith("_") and now - channel.write_time > idle_timeout
         ]
         for name in swept:
-            if name in self._channels and not self._channels[name].closed:
-                logger.info("channel swept channel=%s idle_timeout=%s", name, idle_timeout)
-                await self.delete(name)
+            logger.info("channel swept channel=%s idle_timeout=%s", name, idle_timeout)
+            self.remove(name)
+        await trio.lowlevel.checkpoint()
         return swept
 
     async def run_sweeper(

@@ -119,7 +119,22 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
             }
             for channel in registry.channels()
         ]
-        body = {"draining": state.draining, **registry.gauges(), "channels": listing}
+        retired = [
+            {
+                "channel": channel.name,
+                "subscribers": len(channel.subscribers),
+                "publishers": len(channel.publishers),
+                "retained_bytes": channel.retained_bytes,
+                "torn_down": channel.released,
+            }
+            for channel in registry.retired()
+        ]
+        body = {
+            "draining": state.draining,
+            **registry.gauges(),
+            "channels": listing,
+            "retired": retired,
+        }
         response = Response(json.dumps(body), status=200)
         response.headers["Content-Type"] = "application/json"
         return response
@@ -162,7 +177,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         except HookFailed as exc:
             return _error(exc.status, exc.message)
         try:
-            await channels().delete(name)
+            channels().remove(name)
         except ChannelNotFoundError:
             return _error(400, wire.INVALID_STREAM)
         return _plain(200)

@@ -56,8 +56,12 @@ module was not tested with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import socket
+import struct
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -199,6 +203,13 @@ class FastTCPServer(TCPServer):
                     await self._read_data()
                 finally:
                     self._watcher.cancel()
+                    if trio.current_effective_deadline() == -math.inf:
+                        # Cancelled from outside: hypercorn's graceful timeout ran out
+                        # with a response still under way (a reader that stopped
+                        # reading). Its writes are shielded and would wait for the
+                        # client for ever: reset the connection instead, so that the
+                        # cut is visible and nothing waits.
+                        self._abort()
         except OSError:
             pass
         finally:
@@ -356,6 +367,24 @@ class FastTCPServer(TCPServer):
             return True
         self._handed = rest
         return False
+
+    def _abort(self) -> None:  # sync on purpose
+        """Reset the connection now (RST: no FIN, unsent bytes dropped): every write or
+        wait on the socket fails at once, and the client sees an error, never a clean end
+        of a response that was cut."""
+        self._closing = True
+        sock: Any = self.stream.socket if hasattr(self.stream, "socket") else None
+        if sock is None:  # TLS: the transport's socket
+            sock = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
+        if sock is None or sock.fileno() < 0:
+            return
+        reactor = self._reactor
+        if reactor is not None:
+            reactor.release(sock.fileno())
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # trio wakes every task waiting on it (ClosedResourceError)
+        logger.warning("connection reset at shutdown: a response was still under way")
 
     async def _close(self) -> None:
         # Wake a reader waiting in the reactor before its socket goes (a closed fd leaves

@@ -227,7 +227,8 @@ async def serve_publisher(
     try:
         lease = channel.publishers.lease()
     except ChannelClosedError:
-        await _answer_publisher(send, channel, seq if seq >= 0 else channel.next_write, None)
+        # Deleted since it was looked up: answered as for a channel that never existed.
+        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
         return
     except LimitExceededError as exc:
         await refuse(send, channel, exc.status, exc.message, [CONNECTION_CLOSE])
@@ -262,6 +263,10 @@ async def _answer_publisher(
 ) -> None:
     if outcome is PublishOutcome.ABORTED:
         return
+    if channel.closed:
+        # No publisher of a deleted channel is answered before every subscriber that was
+        # attached has started its terminal response (PROTOCOL.md, DELETE ordering).
+        await channel.wait_settled()
     headers = [header(wire.SEQ_HEADER, seq)]
     if outcome is PublishOutcome.TOO_LARGE:
         await refuse(send, channel, 413, "Segment too large", [*headers, CONNECTION_CLOSE])
@@ -316,24 +321,31 @@ async def serve_subscriber(
         await refuse(send, channel, exc.status, exc.message)
         return
     except ChannelClosedError:
-        seq = wire.resolve_read_seq(seq, channel.next_write)
-        await _answer_missing(send, channel, ReadResult(seq, channel.next_write, None))
+        # Deleted since it was looked up: answered as for a channel that never existed.
+        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND)
         return
     arrived = trio.current_time()
     with lease as scope:
         found = channel.segment_for_read(seq)
-        if found.segment is None:
+        segment = found.segment
+        if segment is None:
             await _answer_missing(send, channel, found)
             return
-        if cancel_on_close is not None:
-            with trio.CancelScope() as gone:
-                cancel_on_close(gone)
-                await _stream_segment(send, channel, found, scope, state, arrived, send_parts, push)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
-            nursery.cancel_scope.cancel()
+        channel.reading(segment)
+        try:
+            if cancel_on_close is not None:
+                with trio.CancelScope() as gone:
+                    cancel_on_close(gone)
+                    await _stream_segment(
+                        send, channel, found, scope, state, arrived, send_parts, push
+                    )
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
+                nursery.cancel_scope.cancel()
+        finally:
+            channel.done_reading(segment)
 
 
 async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadResult) -> None:
@@ -357,6 +369,14 @@ async def _stream_segment(
     send_parts: SendParts | None = None,
     push: Push | None = None,
 ) -> None:
+    """Stream ``found.segment`` from byte 0 to its end, then end the response.
+
+    Until its head has been handed to the connection this subscriber counts as a
+    pending head of the channel (``Channel.head_pending``): a DELETE answers no
+    publisher before that. ``scope`` (the lease's) is cancelled only to cut this reader;
+    then the response is left unfinished, so that the connection is closed without a
+    terminating chunk: a cut is never a clean end.
+    """
     segment = found.segment
     assert segment is not None
     metrics = channel.metrics
@@ -364,81 +384,97 @@ async def _stream_segment(
     index = 0
     sent = 0
     pusher = _Pusher(push[0], metrics) if push is not None else None
-    with scope:
-        while await segment.wait_readable(index):
-            # Everything from chunk ``index`` on: with the fast path's PARTS_EXTENSION the
-            # chunks themselves (one writev, no copy), else one join shared by the
-            # readers at this index.
-            if send_parts is None:
-                data = segment.view_from(index)
-                size = len(data)
-            else:
-                pieces = segment.chunks[index:]
-                size = segment.size - sent
-            index = len(segment.chunks)
-            sent += size
-            last = segment.closed  # nothing can follow: these bytes end the response
-            metrics.bytes_out += size
-            if not started:
-                metrics.time_to_first_byte.observe(trio.current_time() - arrived)
-                metrics.responses[200] += 1
-                headers = [header(wire.SEQ_HEADER, segment.seq)]
-                if found.latest != segment.seq:
-                    headers.append(header(wire.LATEST_HEADER, found.latest))
-                headers.append((_CONTENT_TYPE, channel.mime_type.encode("latin-1", "replace")))
-                headers.append(header(wire.SIZE_HEADER, size))
-                start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
-                started = True
-                # The status line must go out whole or not at all: a cancel landing on
-                # this checkpoint would leave us unable to tell which.
-                with trio.CancelScope(shield=True):
-                    await send(start)
-            if last:
-                # One message (one write with the fast path) for the last bytes and the
-                # end; shielded like the head, so that the end is sent exactly once.
-                with trio.CancelScope(shield=True):
-                    if send_parts is None:
-                        end: Any = {"type": "http.response.body", "body": data, "more_body": False}
-                        await send(end)
-                    else:
-                        await send_parts(pieces, False)
-                return
-            if send_parts is None:
-                body: Any = {"type": "http.response.body", "body": data, "more_body": True}
-                await send(body)
-            else:
-                await send_parts(pieces, True)
-            if pusher is not None:
-                # Written by the appending task from here, while that works.
-                pusher.taken = pusher.sent = 0
-                pusher.stalled = False
-                try:
-                    await segment.push_while(index, pusher)
-                finally:
-                    index += pusher.taken
-                    sent += pusher.sent
-                if pusher.stalled:
-                    assert push is not None
-                    await push[1]()
-    # The response's last message is shielded: ending it makes hypercorn recycle or close
-    # the connection inside this send, and the disconnect watcher's cancel (the client
-    # hanging up as the answer ends, e.g. an HTTP/1.0 client) must not cut that short:
-    # a connection left half-recycled is never closed.
-    if started:
-        closing: Any = {"type": "http.response.body", "body": b"", "more_body": False}
+    channel.head_pending()
+    head_pending = True
+    try:
+        with scope:
+            while await segment.wait_readable(index):
+                # Everything from chunk ``index`` on: with the fast path's PARTS_EXTENSION
+                # the chunks themselves (one writev, no copy), else one join shared by the
+                # readers at this index.
+                if send_parts is None:
+                    data = segment.view_from(index)
+                    size = len(data)
+                else:
+                    pieces = segment.chunks[index:]
+                    size = segment.size - sent
+                index = len(segment.chunks)
+                sent += size
+                last = segment.closed  # nothing can follow: these bytes end the response
+                metrics.bytes_out += size
+                if not started:
+                    metrics.time_to_first_byte.observe(trio.current_time() - arrived)
+                    metrics.responses[200] += 1
+                    headers = [header(wire.SEQ_HEADER, segment.seq)]
+                    if found.latest != segment.seq:
+                        headers.append(header(wire.LATEST_HEADER, found.latest))
+                    headers.append((_CONTENT_TYPE, channel.mime_type.encode("latin-1", "replace")))
+                    headers.append(header(wire.SIZE_HEADER, size))
+                    start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
+                    started = True
+                    # The status line must go out whole or not at all: a cancel landing on
+                    # this checkpoint would leave us unable to tell which.
+                    with trio.CancelScope(shield=True):
+                        await send(start)
+                    # Handed over: hypercorn has written it; the fast path holds it for
+                    # the body message that follows with no checkpoint in between.
+                    head_pending = False
+                    channel.head_sent()
+                if last:
+                    # One message (one write with the fast path) for the last bytes and the
+                    # end; shielded like the head, so that the end is sent exactly once.
+                    with trio.CancelScope(shield=True):
+                        if send_parts is None:
+                            end: Any = {
+                                "type": "http.response.body",
+                                "body": data,
+                                "more_body": False,
+                            }
+                            await send(end)
+                        else:
+                            await send_parts(pieces, False)
+                    return
+                if send_parts is None:
+                    body: Any = {"type": "http.response.body", "body": data, "more_body": True}
+                    await send(body)
+                else:
+                    await send_parts(pieces, True)
+                if pusher is not None:
+                    # Written by the appending task from here, while that works.
+                    pusher.taken = pusher.sent = 0
+                    pusher.stalled = False
+                    try:
+                        await segment.push_while(index, pusher)
+                    finally:
+                        index += pusher.taken
+                        sent += pusher.sent
+                    if pusher.stalled:
+                        assert push is not None
+                        await push[1]()
+        if scope.cancelled_caught:
+            return  # cut: leave the response unfinished (the connection is aborted)
+        # The response's last message is shielded: ending it makes hypercorn recycle or
+        # close the connection inside this send, and the disconnect watcher's cancel (the
+        # client hanging up as the answer ends, e.g. an HTTP/1.0 client) must not cut
+        # that short: a connection left half-recycled is never closed.
+        if started:
+            closing: Any = {"type": "http.response.body", "body": b"", "more_body": False}
+            with trio.CancelScope(shield=True):
+                await send(closing)
+            return
+        headers = [
+            header(wire.SEQ_HEADER, segment.seq),
+            header(wire.LATEST_HEADER, channel.next_write),
+        ]
+        if channel.closed:
+            headers.append(CLOSED)
+            if state is not None and state.draining:
+                headers.append(CONNECTION_CLOSE)
         with trio.CancelScope(shield=True):
-            await send(closing)
-        return
-    headers = [
-        header(wire.SEQ_HEADER, segment.seq),
-        header(wire.LATEST_HEADER, channel.next_write),
-    ]
-    if channel.closed:
-        headers.append(CLOSED)
-        if state is not None and state.draining:
-            headers.append(CONNECTION_CLOSE)
-    with trio.CancelScope(shield=True):
-        await send_response(send, 200, b"", headers)
+            await send_response(send, 200, b"", headers)
+    finally:
+        if head_pending:
+            channel.head_sent()
 
 
 #: Larger chunks are not pushed: a publisher writing big chunks is usually sending as fast
