@@ -144,7 +144,7 @@ async def test_unknown_channel_is_404_and_live_is_no_seq_elsewhere(trickle_app: 
 
 
 async def test_a_reader_that_stops_does_not_slow_the_publisher_then_jumps(
-    trickle_app: Any, trickle_registry: ChannelRegistry
+    autojump_clock: trio.testing.MockClock, trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:
     await _create(trickle_app)
     channel = trickle_registry.get("cam")
@@ -159,6 +159,8 @@ async def test_a_reader_that_stops_does_not_slow_the_publisher_then_jumps(
                 assert response.status == 200
         assert channel.next_write == 8
         assert sorted(segment.seq for segment in channel.window) == [3, 4, 5, 6, 7]
+        # It holds what it still has to send, seq 0 (evicted), and nothing more.
+        assert channel.retained_bytes == 3
         # The reader wakes up: all of seq 0 (held by it), then seqs 1..7 are gone: it
         # jumps to the live edge, the next segment, and says so in the counters.
         assert await _read_until(live, 3) == b"[0]"
@@ -213,7 +215,7 @@ async def test_delete_lets_the_reader_finish_its_segment_then_ends_cleanly(
 
 
 async def test_delete_does_not_wait_for_a_reader_that_stopped(
-    trickle_app: Any, trickle_registry: ChannelRegistry
+    autojump_clock: trio.testing.MockClock, trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:
     await _create(trickle_app)
     async with open_exchange(
@@ -226,9 +228,13 @@ async def test_delete_does_not_wait_for_a_reader_that_stopped(
         assert (await request(trickle_app, "DELETE", "/cam")).status == 200
         assert trio.current_time() == start  # answered at once (autojump: no waiting)
         assert trickle_registry.get("cam") is None
+        (retired,) = trickle_registry.retired()
+        assert retired.retained_bytes == 5  # counted while the reader keeps it
         # It reads again, later: the segment it was in, whole, then a clean end.
         response = await live.read_response()
         assert (response.complete, response.body) == (True, b"zero;")
+        await retired.wait_deleted()  # its last reader is gone: nothing is kept
+        assert retired.retained_bytes == 0
 
 
 async def test_a_client_leaving_releases_the_lease(

@@ -238,30 +238,18 @@ async def _stream(
 ) -> None:
     """The head, then segment after segment until the channel ends (clean end), the
     reader asked to end at a gap, or ``scope`` is cancelled (both: cut)."""
-    headers: Headers = [
-        (b"content-type", channel.mime_type.encode("latin-1", "replace")),
-        header(wire.SEQ_HEADER, segment.seq),
-        header(wire.LATEST_HEADER, latest),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
-    ]
-    start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
-    # An empty body message puts the head on the wire now (the fast path holds a head
-    # until the first body message): a player knows at once that it is connected.
-    flush: Any = {"type": "http.response.body", "body": b"", "more_body": True}
-    # Whole or not at all, as a segment GET's head.
-    with trio.CancelScope(shield=True):
-        await send(start)
-        await send(flush)
-    channel.metrics.responses[200] += 1
-    logger.debug("live reader started channel=%s seq=%d", channel.name, segment.seq)
-    with scope:
-        try:
-            await _follow(send, channel, segment, options, send_parts)
-        except _Gap:
-            return  # cut: the reader asked to end where it fell out of the window
-    if scope.cancelled_caught:
-        return  # cut by the channel: leave the response unfinished
+    reader = _Reader(send, channel, segment, options, send_parts)
+    try:
+        await reader.send_head(latest)
+        with scope:
+            try:
+                await reader.follow()
+            except _Gap:
+                return  # cut: the reader asked to end where it fell out of the window
+        if scope.cancelled_caught:
+            return  # cut by the channel: leave the response unfinished
+    finally:
+        reader.release()
     end: Any = {"type": "http.response.body", "body": b"", "more_body": False}
     # Shielded: ending the response recycles the connection inside this send.
     with trio.CancelScope(shield=True):
@@ -269,70 +257,125 @@ async def _stream(
     logger.debug("live reader ended channel=%s", channel.name)
 
 
-async def _follow(
-    send: ASGISendCallable,
-    channel: Channel,
-    segment: Segment,
-    options: LiveOptions,
-    send_parts: SendParts | None,
-) -> None:
-    """Send ``segment`` and every following one; return when the channel has ended."""
-    counters = live_counters(channel)
-    while True:
-        await _send_segment(send, channel, segment, send_parts)
-        if channel.closed:
-            return  # deleted: the segment it was in is whole, nothing follows
-        following = channel.segment_for_read(segment.seq + 1).segment
-        if following is None:
-            edge = channel.segment_for_read(options.edge)
-            if options.end_on_gap:
-                logger.warning(
-                    "live reader fell out of the window channel=%s seq=%d latest=%d on_gap=end",
-                    channel.name,
-                    segment.seq + 1,
-                    edge.latest,
-                )
-                raise _Gap
-            following = edge.segment
-            if following is None or (following.closed and following.seq <= segment.seq):
-                # No live edge to wait on (a channel being torn down): look again soon.
-                await trio.sleep(_EDGE_RETRY)
-                continue
-            skipped = max(following.seq - segment.seq - 1, 0)
-            counters.jumps += 1
-            counters.skipped += skipped
-            channel.metrics.live_jumps += 1
-            logger.warning(
-                "live reader jumped channel=%s from=%d to=%d skipped=%d",
-                channel.name,
-                segment.seq,
-                following.seq,
-                skipped,
-            )
-        segment = following
+class _Reader:
+    """One live response's position: the segment it holds (and sends) now.
 
-
-async def _send_segment(
-    send: ASGISendCallable, channel: Channel, segment: Segment, send_parts: SendParts | None
-) -> None:
-    """Send ``segment`` from byte 0 until it has ended.
-
-    Cancellation: atomic per chunk handed to the server; the caller cuts the response.
+    The held segment is counted by the channel (``Channel.reading``) from the moment it
+    is taken until the next one replaces it or the response ends, so a reader of a
+    deleted channel shows in ``retained_bytes`` and never holds more than one segment.
     """
-    metrics = channel.metrics
-    index = 0
-    while await segment.wait_readable(index):
-        if send_parts is None:
-            data = segment.view_from(index)
-            index = len(segment.chunks)
-            metrics.bytes_out += len(data)
-            body: Any = {"type": "http.response.body", "body": data, "more_body": True}
-            await send(body)
-        else:
-            pieces = segment.chunks[index:]
-            index += len(pieces)
-            metrics.bytes_out += sum(map(len, pieces))
-            await send_parts(pieces, True)
+
+    def __init__(
+        self,
+        send: ASGISendCallable,
+        channel: Channel,
+        segment: Segment,
+        options: LiveOptions,
+        send_parts: SendParts | None,
+    ) -> None:
+        self.send = send
+        self.channel = channel
+        self.options = options
+        self.send_parts = send_parts
+        self.segment = segment
+        channel.reading(segment)
+
+    def release(self) -> None:  # sync on purpose
+        self.channel.done_reading(self.segment)
+
+    def _take(self, segment: Segment) -> None:  # sync on purpose
+        self.channel.reading(segment)
+        self.channel.done_reading(self.segment)
+        self.segment = segment
+
+    async def send_head(self, latest: int) -> None:
+        """200 with the channel's Content-Type and the first seq, on the wire now.
+
+        Cancellation: shielded (whole or not at all, as a segment GET's head).
+        """
+        channel = self.channel
+        headers: Headers = [
+            (b"content-type", channel.mime_type.encode("latin-1", "replace")),
+            header(wire.SEQ_HEADER, self.segment.seq),
+            header(wire.LATEST_HEADER, latest),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        start: Any = {"type": "http.response.start", "status": 200, "headers": headers}
+        # An empty body message puts the head on the wire now (the fast path holds a
+        # head until the first body message): a player knows at once it is connected.
+        flush: Any = {"type": "http.response.body", "body": b"", "more_body": True}
+        # Until it is out this reader is a pending head of the channel: a DELETE
+        # answers no publisher before that.
+        channel.head_pending()
+        try:
+            with trio.CancelScope(shield=True):
+                await self.send(start)
+                await self.send(flush)
+        finally:
+            channel.head_sent()
+        channel.metrics.responses[200] += 1
+        logger.debug("live reader started channel=%s seq=%d", channel.name, self.segment.seq)
+
+    async def follow(self) -> None:
+        """Send the held segment and every following one; return when the channel has
+        ended. Raises ``_Gap`` where ``on_gap=end`` asks to stop."""
+        channel = self.channel
+        counters = live_counters(channel)
+        while True:
+            await self._send_segment()
+            if channel.closed:
+                return  # deleted: the segment it was in is whole, nothing follows
+            sent = self.segment.seq
+            following = channel.segment_for_read(sent + 1).segment
+            if following is None:
+                edge = channel.segment_for_read(self.options.edge)
+                if self.options.end_on_gap:
+                    logger.warning(
+                        "live reader fell out of the window channel=%s seq=%d latest=%d on_gap=end",
+                        channel.name,
+                        sent + 1,
+                        edge.latest,
+                    )
+                    raise _Gap
+                following = edge.segment
+                if following is None or (following.closed and following.seq <= sent):
+                    # No live edge to wait on (a channel being torn down): look again.
+                    await trio.sleep(_EDGE_RETRY)
+                    continue
+                skipped = max(following.seq - sent - 1, 0)
+                counters.jumps += 1
+                counters.skipped += skipped
+                channel.metrics.live_jumps += 1
+                logger.warning(
+                    "live reader jumped channel=%s from=%d to=%d skipped=%d",
+                    channel.name,
+                    sent,
+                    following.seq,
+                    skipped,
+                )
+            self._take(following)
+
+    async def _send_segment(self) -> None:
+        """Send the held segment from byte 0 until it has ended.
+
+        Cancellation: atomic per chunk handed to the server; the caller cuts.
+        """
+        segment = self.segment
+        metrics = self.channel.metrics
+        index = 0
+        while await segment.wait_readable(index):
+            if self.send_parts is None:
+                data = segment.view_from(index)
+                index = len(segment.chunks)
+                metrics.bytes_out += len(data)
+                body: Any = {"type": "http.response.body", "body": data, "more_body": True}
+                await self.send(body)
+            else:
+                pieces = segment.chunks[index:]
+                index += len(pieces)
+                metrics.bytes_out += sum(map(len, pieces))
+                await self.send_parts(pieces, True)
 
 
 async def _watch_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
