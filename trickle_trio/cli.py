@@ -50,6 +50,12 @@ def _add_serve(sub: Any) -> None:
         default=None,
         help="publish channel additions/removals to the _changes channel",
     )
+    serve.add_argument(
+        "--watch-page",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the watch page at /_/watch/ (default on)",
+    )
     serve.add_argument("--idle-timeout", type=float, help="seconds before idle channels go")
     serve.add_argument("--sweep-interval", type=float, help="seconds between idle sweeps")
     serve.add_argument("--certfile", help="TLS certificate (PEM)")
@@ -98,6 +104,7 @@ _FLAGS = (
     "base_path",
     "autocreate",
     "changefeed",
+    "watch_page",
     "idle_timeout",
     "sweep_interval",
     "certfile",
@@ -146,6 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     for line in settings.describe(sources):
         logger.info("setting %s", line)
+    if settings.watch_page:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        logger.info("watch page %s://%s:%d/_/watch/", scheme, host, settings.port)
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         logger.info("bound to loopback only; use --host 0.0.0.0 to serve other machines")
     trio.run(partial(run_server, settings))

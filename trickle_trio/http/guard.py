@@ -7,7 +7,8 @@ Every HTTP request passes here first:
 3. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1)
    get 429.
 4. A client that leaves while it is being answered is not an error (see ``__call__``).
-5. Bearer tokens, when configured: GET/HEAD of trickle routes need the subscribe or the
+5. Bearer tokens, when configured (the watch page's own files, ``/_/watch/``, are open:
+   they hold no channel names): GET/HEAD of trickle routes need the subscribe or the
    publish token; every other method, and ``/_status``, the publish token. ``/metrics``
    holds no channel names and stays open. Tokens are compared in constant time; a 401
    says nothing about channels.
@@ -22,6 +23,7 @@ from typing import Any
 import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from .page import PAGE_PATH
 from .responses import send_error
 from .state import ServerState
 
@@ -59,7 +61,7 @@ class Guard:
             logger.warning("limit hit limit=max_requests value=%d", self._max_requests)
             await self._refuse(send, 429, "Too many requests", [(b"connection", b"close")])
             return
-        if path not in _OPEN and not self._authorized(scope):
+        if path not in _OPEN and not _is_page(path) and not self._authorized(scope):
             await self._refuse(
                 send, 401, "Unauthorized", [(b"www-authenticate", b'Bearer realm="trickle"')]
             )
@@ -99,6 +101,12 @@ class Guard:
         registry = self.state.registry
         counts = registry.metrics.responses if registry is not None else None
         await send_error(send, status, message, headers or (), counts=counts)
+
+
+def _is_page(path: str) -> bool:
+    """The watch page's own files: they hold no channel names (what the page reads
+    needs the tokens as usual)."""
+    return path == PAGE_PATH.rstrip("/") or path.startswith(PAGE_PATH)
 
 
 def _encode(token: str | None) -> bytes | None:

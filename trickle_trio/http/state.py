@@ -7,8 +7,9 @@ from ..core import wire
 from ..registry import ChannelRegistry
 
 #: Names that can't be channels when the base path is "/": they are the server's own
-#: routes (/healthz, /readyz, /metrics, /_status). Under another base path nothing is.
-RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
+#: routes (/healthz, /readyz, /metrics, /_status, and /_/ for its pages). Under another
+#: base path nothing is.
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status", "_"})
 
 
 class ServerState:

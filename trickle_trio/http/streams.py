@@ -28,6 +28,7 @@ from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
 from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .live import LIVE, LiveOptions, LiveQueryError, parse_live_query, serve_live
+from .page import PAGE_NAME
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
 
@@ -52,6 +53,7 @@ class SegmentStreams:
                 route is not None
                 and route.seq is not None
                 and not (route.seq == "next" and scope["method"] == "GET")
+                and not (route.channel == PAGE_NAME and PAGE_NAME in self.state.reserved)
             ):
                 await self._serve(scope, receive, send, route)
                 return

@@ -1,0 +1,102 @@
+"""The watch page: ``GET /_/watch/``, a browser view of the server's channels.
+
+Static files shipped in the package (``http/watch/``; the player library vendored in
+``http/watch/vendor/`` by ``make vendor``), read once when the app is made and served
+from memory with an ETag. The page itself holds no channel names and no data: it reads
+``/_status`` and the channels with the caller's token, so the page's files are open
+(like ``/metrics``) and the token rules of what it reads apply unchanged (see
+``guard.py``). It lives under ``/_/``, which is never a trickle route: with base path
+``/`` the name ``_`` is reserved, and under any other base path ``/_/`` is outside it.
+
+Imports: the stdlib and Quart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+__all__ = ["PAGE_NAME", "PAGE_PATH", "install_page"]
+
+#: The reserved first path segment of the server's own pages.
+PAGE_NAME: Final = "_"
+#: Where the page lives (a directory: its files are relative to it).
+PAGE_PATH: Final = "/_/watch/"
+
+#: name under PAGE_PATH -> (file in the package's http/watch/, Content-Type)
+_FILES: Final = {
+    "": ("index.html", "text/html; charset=utf-8"),
+    "watch.js": ("watch.js", "text/javascript; charset=utf-8"),
+    "watch.css": ("watch.css", "text/css; charset=utf-8"),
+    "vendor/mpegts.js": ("vendor/mpegts.js", "text/javascript; charset=utf-8"),
+    "vendor/mpegts.js.LICENSE.txt": ("vendor/mpegts.js.LICENSE.txt", "text/plain; charset=utf-8"),
+    "vendor/LICENSE.mpegts.js": ("vendor/LICENSE.mpegts.js", "text/plain; charset=utf-8"),
+    "vendor/LICENSE.es6-promise": ("vendor/LICENSE.es6-promise", "text/plain; charset=utf-8"),
+    "vendor/LICENSE.events": ("vendor/LICENSE.events", "text/plain; charset=utf-8"),
+}
+
+#: Scripts, styles and data only from the server itself; the player's media and its
+#: buffers are ``blob:`` URLs (Media Source Extensions).
+_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def _load(base_path: str) -> dict[str, _File]:
+    folder = resources.files("trickle_trio.http") / "watch"
+    files = {}
+    for name, (path, content_type) in _FILES.items():
+        body = folder.joinpath(path).read_bytes()
+        if path == "index.html":
+            body = body.replace(b"{{BASE_PATH}}", html.escape(base_path).encode())
+        etag = hashlib.sha256(body).hexdigest()[:32]
+        files[name] = _File(body, content_type, etag)
+    return files
+
+
+def install_page(app: QuartTrio, base_path: str) -> None:
+    """Add the watch page's routes to ``app``; ``base_path`` (normalized) is where the
+    page finds the channels."""
+    files = _load(base_path)
+
+    @app.get(PAGE_PATH.rstrip("/"))
+    async def page_redirect() -> Response:
+        response = Response("", status=308)
+        response.headers["Location"] = PAGE_PATH
+        return response
+
+    @app.get(PAGE_PATH, defaults={"name": ""})
+    @app.get(f"{PAGE_PATH}<path:name>")
+    async def page_file(name: str) -> Response:
+        found = files.get(name)
+        if found is None:
+            response = Response("Not found\n", status=404)
+            response.headers["Content-Type"] = "text/plain; charset=utf-8"
+            return response
+        if request.headers.get("If-None-Match") == f'"{found.etag}"':
+            response = Response("", status=304)
+        else:
+            response = Response(found.body, status=200)
+            response.headers["Content-Type"] = found.content_type
+        response.headers["ETag"] = f'"{found.etag}"'
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if name == "":
+            response.headers["Content-Security-Policy"] = _CSP
+            response.headers["Referrer-Policy"] = "no-referrer"
+        return response
