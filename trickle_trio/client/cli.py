@@ -11,7 +11,8 @@ it and deletes it at the end (end of input, Ctrl-C, SIGTERM); a channel it found
 left open, and publishing goes on at its live edge (``Lp-Trickle-Reset``).
 
 ``subscribe`` writes the segments' bytes to stdout, in order, or one file per segment
-(``--out-dir``), until the channel ends.
+(``--out-dir``), until the channel ends. ``watch`` plays the channel's live stream
+(``client/watch.py``).
 
 Exit codes: 0 done, 1 error (one line on stderr), 2 usage, 130 SIGINT, 143 SIGTERM.
 Registered by ``trickle_trio/cli.py`` (:func:`add_client_commands`), which runs
@@ -50,12 +51,13 @@ from .http import Timeouts, make_ssl_context, split_url
 from .publisher import Publisher, open_publisher
 from .subscriber import OnGap, open_subscriber
 from .transport import Transport
+from .watch import add_watch_command, watch
 
 __all__ = ["CLIENT_COMMANDS", "Cutter", "add_client_commands", "run_client_command"]
 
 logger = logging.getLogger(__name__)
 
-CLIENT_COMMANDS: Final = frozenset({"publish", "subscribe", "next", "delete"})
+CLIENT_COMMANDS: Final = frozenset({"publish", "subscribe", "next", "delete", "watch"})
 _READ_SIZE: Final = 65536
 #: How often ``subscribe --wait`` asks whether the channel exists yet.
 _WAIT_POLL: Final = 0.25
@@ -115,7 +117,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_client_commands(sub: Any) -> None:
-    """Add ``publish``, ``subscribe``, ``next`` and ``delete`` to ``trickle-trio``."""
+    """Add ``publish``, ``subscribe``, ``next``, ``delete`` and ``watch`` to ``trickle-trio``."""
     publish = sub.add_parser(
         "publish",
         help="publish stdin to a channel, cut into segments",
@@ -187,6 +189,7 @@ def add_client_commands(sub: Any) -> None:
     delete = sub.add_parser("delete", help="delete a channel (or one segment)")
     _add_common(delete)
     delete.add_argument("--seq", type=_seq, help="close only this segment")
+    add_watch_command(sub, _add_common)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -245,6 +248,7 @@ async def run_client_command(
         "subscribe": _subscribe,
         "next": _next,
         "delete": _delete,
+        "watch": watch,
     }
     command = commands[args.command]
     try:

@@ -132,6 +132,8 @@ class LiveCounters:
 
     #: Live responses attached now.
     readers: int = 0
+    #: Live responses started so far.
+    started: int = 0
     #: Times a reader fell out of the window and jumped to the live edge.
     jumps: int = 0
     #: Segments those jumps skipped.
@@ -197,6 +199,7 @@ async def serve_live(
             return
         counters = live_counters(channel)
         counters.readers += 1
+        counters.started += 1
         try:
             if cancel_on_close is not None:
                 with trio.CancelScope() as gone:
