@@ -67,15 +67,25 @@ def reset_peak_rss(pid: int) -> bool:
 
 
 def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, summed over cores."""
+    """(busy, total) CPU seconds of the whole machine since boot, summed over cores.
+
+    Busy includes steal: time the hypervisor gave this VM's CPUs to others.
+    """
+    busy, total, _ = machine_cpu_steal()
+    return busy, total
+
+
+def machine_cpu_steal() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds of the whole machine since boot."""
     try:
         with open("/proc/stat", "rb") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except OSError:
-        return (0.0, 0.0)
+        return (0.0, 0.0, 0.0)
     total = sum(fields[:8])
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return ((total - idle) / _TICK, total / _TICK)
+    steal = fields[7] if len(fields) > 7 else 0
+    return ((total - idle) / _TICK, total / _TICK, steal / _TICK)
 
 
 def die_with_parent() -> None:
@@ -153,9 +163,11 @@ class Usage:
     server: ProcUsage | None = None
     #: Each load-generator process (workers and the coordinator), by label.
     generator: dict[str, ProcUsage] = field(default_factory=dict)
-    #: Busy cores over the window on the whole machine (all processes).
+    #: Busy cores over the window on the whole machine (all processes, steal included).
     machine_busy: float = 0.0
     cores: int = 1
+    #: Cores' worth of time the hypervisor gave to other guests (part of other_busy).
+    steal_busy: float = 0.0
 
     @property
     def generator_busy(self) -> float:
@@ -207,7 +219,7 @@ class ProcSampler:
         self.generator_pids = generator_pids
         self._t0 = 0.0
         self._cpu0: dict[int, float | None] = {}
-        self._machine0 = (0.0, 0.0)
+        self._machine0 = (0.0, 0.0, 0.0)
         self._peak: dict[int, int] = {}
         self._rss0: dict[int, int | None] = {}
 
@@ -219,7 +231,7 @@ class ProcSampler:
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._machine0 = machine_cpu()
+        self._machine0 = machine_cpu_steal()
         for pid in self._pids():
             self._cpu0[pid] = cpu_seconds(pid)
             self._rss0[pid] = rss_bytes(pid)
@@ -241,10 +253,12 @@ class ProcSampler:
     def stop(self) -> Usage:
         self.sample()
         wall = max(time.monotonic() - self._t0, 1e-9)
-        busy1, total1 = machine_cpu()
-        busy0, total0 = self._machine0
+        busy1, total1, steal1 = machine_cpu_steal()
+        busy0, total0, steal0 = self._machine0
         cores = cpu_count()
-        machine_busy = (busy1 - busy0) / max(total1 - total0, 1e-9) * cores if total1 else 0.0
+        span = max(total1 - total0, 1e-9)
+        machine_busy = (busy1 - busy0) / span * cores if total1 else 0.0
+        steal_busy = (steal1 - steal0) / span * cores if total1 else 0.0
 
         def usage(pid: int) -> ProcUsage:
             before, after = self._cpu0.get(pid), cpu_seconds(pid)
@@ -262,4 +276,5 @@ class ProcSampler:
             generator={label: usage(pid) for label, pid in self.generator_pids.items()},
             machine_busy=machine_busy,
             cores=cores,
+            steal_busy=steal_busy,
         )

@@ -4,12 +4,18 @@ A *target* is written on the command line as ``--url SPEC``:
 
 - ``trickle-trio``: start ``python -m trickle_trio serve`` on a free loopback port, in
   its own process, fresh for every measurement (so its peak RSS is that run's);
+- ``reference``: start go-livepeer's own trickle server (``goref-server``, a binary:
+  ``--reference PATH``, ``TRICKLE_BENCH_REFERENCE``, or
+  ``../shared/reference/goref-server`` beside the repository) the same way, with its
+  changefeed off and its log at ``warn`` as trickle-trio's is at ``warning``;
 - ``baseline``: start ``bench/baseline_relay.py`` (a bare ASGI relay on hypercorn+trio,
   no protocol features) the same way;
 - ``http://host:port/base/``: a server someone else runs (it must autocreate channels);
   its PID is looked up from the listening port when it runs on this machine.
 
-Any of them may carry a label: ``--url go=http://127.0.0.1:8080/``.
+Any of them may carry a label: ``--url go=http://127.0.0.1:8080/``. The target labelled
+``reference`` (``--url reference`` or ``--url reference=http://...``) is the one the
+tables' ratio column compares with.
 
 Imports: stdlib, trio and the bench's own client.
 """
@@ -17,7 +23,9 @@ Imports: stdlib, trio and the bench's own client.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,8 +41,45 @@ import trio
 from .client import Conn, HttpError
 from .procstat import find_listener_pid
 
-MANAGED = {"trickle-trio", "baseline"}
-_REPO = Path(__file__).resolve().parent.parent
+MANAGED = {"trickle-trio", "reference", "baseline"}
+#: Where this package was imported from: a checkout's root, or site-packages.
+_ROOT = Path(__file__).resolve().parent.parent
+#: The reference server, relative to the repository.
+REFERENCE_DEFAULT = Path("..") / "shared" / "reference" / "goref-server"
+REFERENCE_LABEL = "reference"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference server's binary: where, which build, or why it cannot run."""
+
+    path: Path
+    problem: str | None = None
+    sha256: str | None = None
+    #: The go-livepeer commit it was built from, if its README says.
+    commit: str | None = None
+
+
+def resolve_reference(flag: str | None) -> Reference:
+    """The reference binary from ``--reference``, ``TRICKLE_BENCH_REFERENCE``, or the
+    default beside the repository (the current directory when not run from a checkout)."""
+    chosen = flag or os.environ.get("TRICKLE_BENCH_REFERENCE")
+    if chosen:
+        path = Path(chosen)
+    else:
+        repo = _ROOT if (_ROOT / "pyproject.toml").exists() else Path.cwd()
+        path = (repo / REFERENCE_DEFAULT).resolve()
+    if not path.is_file():
+        return Reference(path, f"{path} does not exist (give --reference PATH)")
+    if not os.access(path, os.X_OK):
+        return Reference(path, f"{path} is not executable")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    commit = None
+    readme = path.parent / "README.md"
+    if readme.is_file():
+        found = re.search(r"commit\s+([0-9a-f]{40})", readme.read_text(errors="replace"))
+        commit = found.group(1) if found else None
+    return Reference(path, None, digest, commit)
 
 
 @dataclass(frozen=True)
@@ -46,6 +91,13 @@ class Target:
     managed: str | None
     url: str | None = None
 
+    def __str__(self) -> str:
+        return f"{self.label}={self.url or self.managed}"
+
+    @property
+    def is_reference(self) -> bool:
+        return self.label == REFERENCE_LABEL
+
     @classmethod
     def parse(cls, spec: str) -> Target:
         label, sep, rest = spec.partition("=")
@@ -56,7 +108,7 @@ class Target:
         parts = urlsplit(rest)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(
-                f"--url wants trickle-trio, baseline or http://host:port/, not {spec!r}"
+                f"--url wants trickle-trio, reference, baseline or http://host:port/, not {spec!r}"
             )
         return cls(label or f"{parts.hostname}:{parts.port or 80}", None, rest)
 
@@ -83,7 +135,12 @@ def free_port() -> int:
         return port
 
 
-def _command(kind: str, port: int) -> list[str]:
+def _command(kind: str, port: int, reference: Path | None = None) -> list[str]:
+    if kind == "reference":
+        if reference is None:
+            raise RuntimeError("no reference binary (give --reference PATH)")
+        addr = f"127.0.0.1:{port}"
+        return [str(reference), "-addr", addr, "-changefeed=false", "-log-level", "warn"]
     if kind == "trickle-trio":
         return [
             sys.executable,
@@ -101,9 +158,16 @@ def _command(kind: str, port: int) -> list[str]:
 
 
 async def wait_healthy(
-    host: str, port: int, path: str, *, within: float, process: trio.Process | None = None
+    host: str,
+    port: int,
+    path: str,
+    *,
+    within: float,
+    process: trio.Process | None = None,
+    any_answer: bool = False,
 ) -> None:
-    """Poll ``GET path`` until it answers 2xx.
+    """Poll ``GET path`` until it answers 2xx (with ``any_answer``: anything at all, for a
+    server without a health route).
 
     Raises:
         trio.TooSlowError: no 2xx within ``within`` seconds.
@@ -122,7 +186,7 @@ async def wait_healthy(
                 await conn.request("GET", path)
                 head = await conn.read_head()
                 await conn.read_body_bytes(head)
-                if 200 <= head.status < 300:
+                if 200 <= head.status < 300 or any_answer:
                     return
             except HttpError:
                 pass
@@ -136,8 +200,13 @@ def _open_log(log_dir: Path | None, name: str) -> IO[bytes] | None:
 
 
 @contextlib.asynccontextmanager
-async def open_target(target: Target, log_dir: Path | None = None) -> AsyncIterator[Endpoint]:
-    """The target's endpoint for the block; a managed server lives exactly that long."""
+async def open_target(
+    target: Target, log_dir: Path | None = None, reference: Path | None = None
+) -> AsyncIterator[Endpoint]:
+    """The target's endpoint for the block; a managed server lives exactly that long.
+
+    ``reference``: the binary a ``reference`` target runs.
+    """
     if target.managed is None:
         assert target.url is not None
         parts = urlsplit(target.url)
@@ -148,22 +217,30 @@ async def open_target(target: Target, log_dir: Path | None = None) -> AsyncItera
         yield Endpoint(host, port, base, pid, target.label)
         return
     last_error: Exception | None = None
-    env = dict(os.environ, PYTHONPATH=str(_REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The servers import the same code as this process: this package's parent first.
+    env = dict(os.environ, PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for _attempt in range(3):
         port = free_port()
         log = _open_log(log_dir, f"{target.label}-{port}.log")
         output = log if log is not None else subprocess.DEVNULL
         proc = await trio.lowlevel.open_process(
-            _command(target.managed, port),
+            _command(target.managed, port, reference),
             stdout=output,
             stderr=output,
             stdin=subprocess.DEVNULL,
-            cwd=_REPO,
+            cwd=_ROOT,
             env=env,
         )
         try:
             try:
-                await wait_healthy("127.0.0.1", port, "/healthz", within=20, process=proc)
+                await wait_healthy(
+                    "127.0.0.1",
+                    port,
+                    "/healthz",
+                    within=20,
+                    process=proc,
+                    any_answer=target.managed == "reference",  # it has no health route
+                )
             except (trio.TooSlowError, RuntimeError) as exc:
                 last_error = RuntimeError(f"{target.label} did not start on port {port}: {exc}")
                 continue

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trickle_trio.client.cli import HelpFormatter
 from trickle_trio.cluster import free_port
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -57,10 +58,32 @@ class Row:
     other: float | None = None  # cores
 
 
-def run_bench(url: str, label: str, extra: list[str], out: Path) -> dict[str, Any]:
-    """``python -m bench live`` against ``url``; its JSON."""
-    command = [sys.executable, "-m", "bench", "live", "--url", f"{label}={url}", "--quiet"]
+class Steps:
+    """``[2/6 12s] proxy+1: find-max ...`` lines on stderr, one per step."""
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total = total
+        self.done = 0
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        if not self.quiet:
+            elapsed = time.monotonic() - self.started
+            print(f"[{self.done}/{self.total} {elapsed:.0f}s] {text}", file=sys.stderr, flush=True)
+
+
+def run_bench(
+    url: str, label: str, extra: list[str], out: Path, *, quiet: bool = False
+) -> dict[str, Any]:
+    """``python -m bench live`` against ``url``; its JSON. Its progress shows on stderr."""
+    command = [sys.executable, "-m", "bench", "live", "--url", f"{label}={url}"]
+    if quiet:
+        command.append("--quiet")
     subprocess.run([*command, "--json", str(out), *extra], check=False, stdout=subprocess.DEVNULL)
+    if not out.exists():
+        raise SystemExit(f"bench: python -m bench live wrote no results for {label}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -82,11 +105,19 @@ def start_cluster(workers: int, run_dir: Path) -> tuple[subprocess.Popen[bytes],
 
 
 def measure(
-    setup: str, url: str, pids: tuple[int | None, list[int]], args: argparse.Namespace, keep: Path
+    setup: str,
+    url: str,
+    pids: tuple[int | None, list[int]],
+    args: argparse.Namespace,
+    keep: Path,
+    steps: Steps,
 ) -> Row:
     row = Row(setup)
     timing = ["--duration", str(args.duration)]
-    found = run_bench(url, setup, ["--find-max", *timing], keep / f"{setup}-max.json")
+    steps.step(f"{setup}: find-max (the most channels with p99 < 100 ms)")
+    found = run_bench(
+        url, setup, ["--find-max", *timing], keep / f"{setup}-max.json", quiet=args.quiet
+    )
     search = found["find_max"][0]
     row.max_channels = search["max_channels"]
     row.p99_at_max = search["p99_ms_at_max"]
@@ -95,7 +126,8 @@ def measure(
     proxy, backends = pids
     before = [cpu_seconds(pid) for pid in [proxy or 0, *backends]]
     fixed = ["--channels", str(args.channels), *timing]
-    result = run_bench(url, setup, fixed, keep / f"{setup}-fixed.json")
+    steps.step(f"{setup}: {args.channels} channels, for the CPU split")
+    result = run_bench(url, setup, fixed, keep / f"{setup}-fixed.json", quiet=args.quiet)
     after = [cpu_seconds(pid) for pid in [proxy or 0, *backends]]
     run = result["runs"][0]
     row.p50, row.p99 = run["metrics"]["p50_ms"], run["metrics"]["p99_ms"]
@@ -136,29 +168,61 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.through_proxy", description=__doc__)
-    parser.add_argument("--workers", default="1,2", help="backend counts, comma list (1,2)")
-    parser.add_argument("--channels", type=int, default=40, help="channels of the CPU run (40)")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (8)")
+DESCRIPTION = """\
+Run the live scenario through HAProxy with 1, 2, ... backends, to see what a proxy costs
+and how capacity grows with backends on one machine. For each backend count N it starts
+trickle-trio cluster --workers N (HAProxy in front of N trickle-trio serve processes),
+then runs python -m bench live against it twice: --find-max for the capacity (the most
+channels with p99 under 100 ms and nothing lost), and one run at a fixed --channels for
+the CPU split between HAProxy (user and system) and the backends. --direct adds the same
+two runs against one plain trickle-trio serve. Prints a Markdown table; progress goes to
+stderr. Linux only (reads /proc); needs HAProxy (apt-get install haproxy).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.through_proxy",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--workers", default="1,2", metavar="N[,N...]", help="backend counts, comma list"
+    )
+    parser.add_argument("--channels", type=int, default=40, help="channels of the CPU run")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
     parser.add_argument("--direct", action="store_true", help="also one plain serve process")
-    parser.add_argument("--keep", help="keep the runs' JSON and cluster logs here")
+    parser.add_argument("--keep", metavar="DIR", help="keep the runs' JSON and cluster logs here")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        counts = [int(n) for n in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"argument --workers: not a comma list of numbers: {args.workers!r}")
+    if not counts or min(counts) < 1 or args.channels < 1 or args.duration <= 0:
+        parser.error("--workers, --channels and --duration must be > 0")
     keep = Path(args.keep or tempfile.mkdtemp(prefix="bench-proxy-"))
     keep.mkdir(parents=True, exist_ok=True)
+    steps = Steps(2 * (len(counts) + bool(args.direct)), args.quiet)
     rows = []
     if args.direct:
-        rows.append(measure("direct", "trickle-trio", (None, []), args, keep))
-    for workers in (int(n) for n in args.workers.split(",")):
+        rows.append(measure("direct", "trickle-trio", (None, []), args, keep, steps))
+    for workers in counts:
         process, state = start_cluster(workers, keep / f"cluster-{workers}")
         try:
             url = f"http://127.0.0.1:{state['port']}/"
             pids = (state["proxy_pid"], [shard["pid"] for shard in state["shards"]])
-            rows.append(measure(f"proxy+{workers}", url, pids, args, keep))
+            rows.append(measure(f"proxy+{workers}", url, pids, args, keep, steps))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait()
     print(table(rows, args))
+    print(f"bench: the runs' JSON is in {keep}", file=sys.stderr)
     return 0
 
 

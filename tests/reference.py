@@ -112,17 +112,21 @@ def start_ours(tmp: Path, **env: str) -> Served:
     return Served("trickle-trio", f"http://127.0.0.1:{port}", process, log)
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Served]]:
+@pytest.fixture(scope="module", params=["fast-path", "stock-hypercorn"])
+def servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Served]]:
     """Both servers for a test module; the reference first (it may skip the module).
 
-    trickle-trio's teardown grace is set far beyond every test's deadline, so that a
-    DELETE that waited for a slow reader would fail a test instead of passing late.
+    trickle-trio runs once with its fast path and once on stock hypercorn. Its teardown
+    grace is set far beyond every test's deadline, so that a DELETE that waited for a
+    slow reader would fail a test instead of passing late.
     """
     tmp = tmp_path_factory.mktemp("servers")
     reference = start_reference(tmp)
+    fast_path = "1" if request.param == "fast-path" else "0"
     try:
-        ours = start_ours(tmp, TRICKLE_TEARDOWN_GRACE="600")
+        ours = start_ours(tmp, TRICKLE_TEARDOWN_GRACE="600", TRICKLE_FAST_PATH=fast_path)
     except BaseException:
         reference.stop()
         raise

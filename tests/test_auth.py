@@ -68,6 +68,17 @@ async def test_probes_and_metrics_need_no_token(app: Any) -> None:
         assert (await request(app, "GET", path)).status == 200
 
 
+async def test_under_a_base_path_too_probes_are_open_and_status_needs_the_publish_token(
+    nursery: trio.Nursery,
+) -> None:
+    settings = Settings(base_path="/trickle/", publish_token=PUB, subscribe_token=SUB)
+    app = create_app(settings, ChannelRegistry.from_settings(nursery, settings))
+    for path in ("/trickle/healthz", "/trickle/readyz", "/trickle/metrics"):
+        assert (await request(app, "GET", path)).status == 200
+    assert (await request(app, "GET", "/trickle/_status", headers=bearer(SUB))).status == 401
+    assert (await request(app, "GET", "/trickle/_status", headers=bearer(PUB))).status == 200
+
+
 async def test_only_publish_token_leaves_subscribing_open(nursery: trio.Nursery) -> None:
     settings = Settings(autocreate=True, publish_token=PUB)
     app = create_app(settings, ChannelRegistry.from_settings(nursery, settings))

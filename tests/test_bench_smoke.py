@@ -46,7 +46,8 @@ def run_bench(*args: str) -> dict[str, Any]:
         timeout=TIMEOUT,
         check=False,
     )
-    assert proc.returncode == 0, (
+    # 3: every check clean, but other load on the machine made some runs noisy.
+    assert proc.returncode in (0, 3), (
         f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
     data: dict[str, Any] = json.loads(proc.stdout)

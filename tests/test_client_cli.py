@@ -25,7 +25,7 @@ import trio
 from trickle_trio import Settings, open_server
 from trickle_trio.cli import build_parser
 from trickle_trio.client import Transport, open_publisher
-from trickle_trio.client.cli import Cutter, run_client_command
+from trickle_trio.client.cli import run_client_command
 from trickle_trio.server import RunningServer
 
 from .client_support import STEP, fresh_name, wait_until
@@ -89,18 +89,6 @@ async def run(*argv: str, stdin: bytes = b"") -> Run:
     command = Run(*argv, stdin=io.BytesIO(stdin))
     await command.run()
     return command
-
-
-def test_cutter_rules() -> None:
-    assert Cutter(segment_bytes=10).take(b"x" * 25, 4, time_up=False) == (6, True)
-    assert Cutter(segment_bytes=10).take(b"x" * 3, 4, time_up=False) == (3, False)
-    assert Cutter(lines=True).take(b'{"a":1}\n{"b"', 0, time_up=False) == (8, True)
-    assert Cutter(lines=True).take(b'{"b"', 0, time_up=False) == (4, False)
-    ts = Cutter(interval=1.0, align=PACKET)
-    assert ts.take(b"x" * 1000, 0, time_up=False) == (1000, False)
-    assert ts.take(b"x" * 1000, 200, time_up=True) == (176, True)  # to the next packet
-    assert ts.take(b"x" * 100, 200, time_up=True) == (100, False)  # still short of it
-    assert ts.take(b"x" * 100, 376, time_up=True) == (0, True)  # on a boundary: cut now
 
 
 async def test_publish_and_subscribe_pipe_a_live_stream_byte_for_byte(
@@ -230,7 +218,7 @@ async def test_one_line_errors() -> None:
             "trickle-trio: not an http(s) URL: 'ftp://127.0.0.1/ch'\n",
         )
         unreachable = await run("next", server.url + "/x")  # the server has stopped
-        assert unreachable.code == 1
+        assert unreachable.code == 3  # the server went away
         assert unreachable.stderr.getvalue().count("\n") == 1
         assert unreachable.stderr.getvalue().startswith("trickle-trio: http://127.0.0.1:")
 
@@ -252,6 +240,11 @@ async def process(*argv: str, **kwargs: Any) -> AsyncIterator[trio.Process]:
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
+
+
+def without_tables(data: bytes) -> bytes:
+    packets = [data[i : i + PACKET] for i in range(0, len(data), PACKET)]
+    return b"".join(p for p in packets if ((p[1] & 0x1F) << 8 | p[2]) not in (0, 0x1000))
 
 
 async def read_all(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
@@ -304,12 +297,14 @@ async def test_a_live_mpeg_ts_stream_through_real_processes(
                 async for chunk in live_ts_source(2.0):
                     sent += chunk
                     await publisher.stdin.send_all(chunk)
-                await wait_until(lambda: len(received) == len(sent))
+                await wait_until(lambda: without_tables(received) == without_tables(sent))
                 await publisher.stdin.aclose()  # end of input: the channel is deleted
                 assert await sub.wait() == 0
             assert await publisher.wait() == 0
     assert len(sent) > 100_000
-    assert bytes(received) == bytes(sent)
+    # Every byte through, in order; publish only repeated the PAT and PMT (PIDs 0 and
+    # ffmpeg's 0x1000) at the start of each segment.
+    assert without_tables(bytes(received)) == without_tables(bytes(sent))
     assert sent[0] == 0x47  # MPEG-TS sync byte
 
 
@@ -360,7 +355,8 @@ async def test_bearer_tokens(tmp_path: Path) -> None:
             refused = await run("publish", url, stdin=b"x")
             assert (refused.code, refused.stderr.getvalue()) == (
                 1,
-                "trickle-trio: HTTP 401: Unauthorized\n",
+                f"trickle-trio: {url}: HTTP 401: Unauthorized"
+                " (give a token with --token-file FILE or TRICKLE_TOKEN)\n",
             )
             published = await run("publish", url, "--token-file", str(token_file), stdin=b"x")
             assert (published.code, published.stderr.getvalue()) == (0, "")

@@ -25,7 +25,16 @@ import h11
 import pytest
 import trio
 
-from trickle_trio.cluster import channel_field, die_with_parent, find_haproxy
+from trickle_trio.cluster import (
+    ClusterOptions,
+    _start_backends,
+    channel_field,
+    die_with_parent,
+    find_haproxy,
+)
+from trickle_trio.cluster import (
+    Shard as ClusterShard,
+)
 
 from .sockets import POLL_INTERVAL, Conn, Reply, call, connect, until
 from .test_deployments import free_port
@@ -110,21 +119,48 @@ def launch(tmp_path: Path, args: Sequence[str], base: str) -> tuple[subprocess.P
     return process, port
 
 
+#: HAProxy binds the port the test picked a moment later; something else may take it in
+#: between (the machine is shared): then the cluster is started again on another port.
+START_ATTEMPTS = 3
+
+
 async def start_cluster(tmp_path: Path, *args: str, base: str = "/") -> Cluster:
+    for attempt in range(1, START_ATTEMPTS + 1):
+        started = await start_once(tmp_path, args, base)
+        if isinstance(started, Cluster):
+            return started
+        if "cannot bind socket" not in started or attempt == START_ATTEMPTS:
+            raise AssertionError(started)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def start_once(tmp_path: Path, args: Sequence[str], base: str) -> Cluster | str:
+    """The running cluster, or what it printed before it exited."""
     process, port = launch(tmp_path, args, base)
     state_file = tmp_path / f"run-{port}" / "cluster.json"
     try:
         # cluster.json is written once HAProxy routes to every shard.
         await until(lambda: state_file.exists() or process.poll() is not None)
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        state = json.loads(state_file.read_text())
+        if process.poll() is None:
+            state = json.loads(state_file.read_text())
+            shards = [Shard(s["name"], s["url"], s["pid"]) for s in state["shards"]]
+            url = f"http://127.0.0.1:{port}"
+            return Cluster(process, url, base, state_file.parent, shards, state["proxy_pid"])
     except BaseException:
-        process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
-        process.wait()
+        discard(process)
         raise
-    shards = [Shard(s["name"], s["url"], s["pid"]) for s in state["shards"]]
-    url = f"http://127.0.0.1:{port}"
-    return Cluster(process, url, base, state_file.parent, shards, state["proxy_pid"])
+    return discard(process)
+
+
+def discard(process: subprocess.Popen[bytes]) -> str:
+    """Stop a cluster that failed to start (its children get SIGTERM from the kernel,
+    PR_SET_PDEATHSIG); what it printed."""
+    process.kill()
+    process.wait()
+    assert process.stdout is not None
+    output = process.stdout.read().decode(errors="replace")
+    process.stdout.close()
+    return output
 
 
 def kill_all(cluster: Cluster) -> None:
@@ -333,8 +369,15 @@ async def test_proxy_answers_for_itself_and_routes_per_shard(tmp_path: Path) -> 
         )
     try:
         with trio.fail_after(LIMIT):
-            assert (await call(running.url, "GET", "/healthz")).body == b"ok\n"
-            assert (await call(running.url, "GET", "/readyz")).body == b"ready\n"
+            for prefix in ("/", "/trickle/"):  # at the root and under the base path
+                assert (await call(running.url, "GET", f"{prefix}healthz")).body == b"ok\n"
+                assert (await call(running.url, "GET", f"{prefix}readyz")).body == b"ready\n"
+                assert (await call(running.url, "GET", f"{prefix}_status")).body == (
+                    b"Per shard: /_shard/<name>/_status\n"
+                )
+            for shard in running.shards:  # each shard's own, and its reserved names
+                own = await call(running.url, "GET", f"/_shard/{shard.name}/trickle/readyz")
+                assert (own.status, own.body) == (200, b"ready\n")
             # The hashed changefeed would be one shard's: refused, with the way to each.
             refused = await call(running.url, "GET", "/trickle/_changes/0")
             assert refused.status == 404
@@ -354,8 +397,18 @@ async def test_proxy_answers_for_itself_and_routes_per_shard(tmp_path: Path) -> 
 
 
 @needs_haproxy
-async def test_losing_one_shard_affects_only_its_channels(cluster: Cluster) -> None:
+async def test_losing_one_shard_affects_only_its_channels(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT):
+        cluster = await start_cluster(tmp_path, "--workers", "3", "--no-restart")
+    try:
+        await lose_one_shard(cluster)
+    finally:
+        kill_all(cluster)
+
+
+async def lose_one_shard(cluster: Cluster) -> None:
+    with trio.fail_after(LIMIT):
+        assert (await call(cluster.url, "GET", "/readyz")).body == b"ready\n"
         for name in ("alpha", "charlie", "echo"):
             assert (await request(cluster.url, "POST", f"/{name}")).status == 200
         assert [await cluster.owner(n) for n in ("alpha", "charlie", "echo")] == ["b2", "b1", "b3"]
@@ -388,6 +441,8 @@ async def test_losing_one_shard_affects_only_its_channels(cluster: Cluster) -> N
         reply = await request(cluster.url, "GET", "/alpha/next")
         assert (reply.status, reply.body) == (503, b"Shard unavailable\n")
         assert (await call(cluster.url, "GET", "/_shard/b2/healthz")).status == 503
+        degraded = await call(cluster.url, "GET", "/readyz")  # the proxy says so
+        assert (degraded.status, degraded.body) == (503, b"degraded: b2 down\n")
 
         # The survivor's stream goes on as if nothing happened, and so do new ones.
         await publisher.send(b"second")
@@ -404,7 +459,69 @@ async def test_losing_one_shard_affects_only_its_channels(cluster: Cluster) -> N
         cluster.process.send_signal(signal.SIGTERM)
         await until(lambda: cluster.process.poll() is not None)
     assert cluster.process.returncode == 0
-    assert "shard b2 exited status=-9" in cluster.output()
+    output = cluster.output()
+    assert "shard b2 exited status=-9" in output
+    assert "not restarted: restart off" in output
+
+
+def cluster_state(cluster: Cluster) -> dict[str, Any]:
+    """The cluster's ``cluster.json`` as it is now."""
+    state: dict[str, Any] = json.loads((cluster.run_dir / "cluster.json").read_text())
+    return state
+
+
+@needs_haproxy
+async def test_a_dead_backend_is_restarted_with_backoff_and_its_channels_come_back(
+    tmp_path: Path,
+) -> None:
+    # Every backend reads this file as it starts: spoiled, it makes each restart of the
+    # killed backend fail (exit status 2) until it is mended, so "down" lasts as long as
+    # the test needs, whatever the machine's speed.
+    settings = tmp_path / "backend.toml"
+    settings.write_text("idle_timeout = 300\n")
+    args = ["--workers", "3", "--config", str(settings)]
+    args += ["--restart-delay", "0.05", "--restart-delay-max", "0.2"]
+    with trio.fail_after(LIMIT):
+        cluster = await start_cluster(tmp_path, *args)
+    try:
+        with trio.fail_after(LIMIT):
+            assert (await request(cluster.url, "POST", "/alpha/0", b"before")).status == 200
+            assert await cluster.owner("alpha") == "b2"
+            victim = next(shard for shard in cluster.shards if shard.name == "b2")
+            settings.write_text("idle_timeout = [not toml\n")
+            os.kill(victim.pid, signal.SIGKILL)
+
+            # Down, and the proxy's readiness says which shard, while restarts fail.
+            await until(lambda: cluster_state(cluster)["shards"][1]["restarts"] >= 2)
+            assert cluster_state(cluster)["shards"][1]["up"] is False
+            degraded = await call(cluster.url, "GET", "/readyz")
+            assert (degraded.status, degraded.body) == (503, b"degraded: b2 down\n")
+            assert (await call(cluster.url, "GET", "/healthz")).status == 200  # still alive
+
+            settings.write_text("idle_timeout = 300\n")
+            while (await call(cluster.url, "GET", "/readyz")).status != 200:  # ruff: ignore[async-busy-wait]
+                await trio.sleep(POLL_INTERVAL)
+            entry = cluster_state(cluster)["shards"][1]
+            assert entry["up"] is True
+            assert entry["pid"] != victim.pid
+            # Its share of channel names works again (a fresh process: no old state).
+            assert (await request(cluster.url, "GET", "/alpha/next")).status == 404
+            assert (await request(cluster.url, "POST", "/alpha/0", b"after")).status == 200
+            assert (await request(cluster.url, "GET", "/alpha/0")).body == b"after"
+            assert await cluster.owner("alpha") == "b2"
+
+            cluster.process.send_signal(signal.SIGTERM)
+            await until(lambda: cluster.process.poll() is not None)
+        assert cluster.process.returncode == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(entry["pid"], 0)  # the restarted backend was stopped too
+        output = cluster.output()
+        assert "shard b2 exited status=-9" in output
+        assert "restarting in 0.05s" in output
+        assert "shard b2 restart 1 failed status=2: trickle-trio:" in output
+        assert f"shard b2 back pid={entry['pid']}" in output
+    finally:
+        kill_all(cluster)
 
 
 @needs_haproxy
@@ -512,7 +629,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return True
 
 
@@ -567,8 +684,12 @@ def test_print_config_for_remote_backends(tmp_path: Path) -> None:
         "timeout server 7200s",
         "option http-no-delay",
         "option abortonclose",
+        # No supervisor beside remote backends: the proxy answers /readyz itself.
+        'string "ready\\n" if { path /readyz /trickle/readyz }',
+        "if { path /healthz /trickle/healthz }",
     ):
         assert line in config, line
+    assert "backend readiness" not in config
     assert "redispatch" not in config.replace("No `option redispatch`", "")
     assert [channel_field(base) for base in ("/", "/trickle/", "/a/b/")] == [2, 3, 4]
     if HAPROXY is not None:
@@ -609,3 +730,29 @@ def test_a_taken_port_fails_fast_in_one_line(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("trickle-trio cluster: haproxy exited with status 1 while starting")
     assert "cannot bind socket" in last
+
+
+async def test_a_backend_whose_port_was_taken_meanwhile_moves_to_another(tmp_path: Path) -> None:
+    # The cluster picks free ports and its backends bind them a moment later; something
+    # else may take one in between (here: on purpose, before the start).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        shards = [ClusterShard(1, "127.0.0.1", port)]
+        backends: list[Any] = []
+        try:
+            with trio.fail_after(LIMIT):
+                moved = await _start_backends(ClusterOptions(), shards, tmp_path, backends)
+            assert moved
+            assert shards[0].port != port
+            assert (await call(shards[0].url, "GET", "/healthz")).status == 200
+            assert len(backends) == 1
+            assert backends[0].running
+        finally:
+            for child in backends:
+                child.send_signal(signal.SIGTERM)
+                with trio.fail_after(LIMIT):
+                    await child.wait()
+    log = (tmp_path / "b1.log").read_text()
+    assert f"cannot bind 127.0.0.1:{port}: address already in use" in log

@@ -254,9 +254,27 @@ async def test_bad_requests_get_a_4xx_and_leave_other_channels_alone(
     async with open_exchange(trickle_app, method, path, body=b"junk") as bad:
         response = await bad.read_response()
     assert 400 <= response.status < 500, (response.status, response.body)
+    if response.body:  # every error in plain text, none a Werkzeug HTML page
+        assert response.headers["content-type"] == "text/plain; charset=utf-8", response
+        assert not response.body.lstrip().startswith(b"<"), response.body
     assert {channel.name for channel in trickle_registry.channels()} == before
     assert (await fetch(trickle_app, "cam", 0)).body == b"kept"
     assert (await request(trickle_app, "GET", "/cam/next")).body == b"1"
+
+
+@pytest.mark.parametrize("base_path", ["/", "/trickle/"])
+async def test_wrong_method_and_unknown_route_are_answered_as_go_words_them(
+    trickle_registry: ChannelRegistry, base_path: str
+) -> None:
+    app = app_with(trickle_registry, autocreate=True, base_path=base_path)
+    wrong = await request(app, "PUT", f"{base_path}cam/0")
+    assert (wrong.status, wrong.body) == (405, b"Method Not Allowed\n")
+    assert wrong.headers["content-type"] == "text/plain; charset=utf-8"
+    assert wrong.headers["x-content-type-options"] == "nosniff"
+    assert "DELETE" in wrong.headers["allow"]
+    unknown = await request(app, "GET", f"{base_path}cam/0/extra/more")
+    assert (unknown.status, unknown.body) == (404, b"404 page not found\n")
+    assert unknown.headers["content-type"] == "text/plain; charset=utf-8"
 
 
 async def test_requests_racing_a_delete_never_5xx(

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 import trio.testing
 
+from trickle_trio.client.cli_admin import render
 from trickle_trio.config import Settings, SettingsError, load_settings
 from trickle_trio.http.app import create_app
 from trickle_trio.logs import JSONFormatter
 from trickle_trio.registry import ChannelRegistry
-from trickle_trio.server import RunningServer
-from trickle_trio.status import render, show_status
 from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
@@ -81,16 +79,31 @@ async def test_metrics_count_aborted_and_evicted_segments(trickle_app: Any) -> N
 # -- health, reserved names ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("base_path", ["/", "/trickle/"])
 @pytest.mark.parametrize("name", ["healthz", "readyz", "metrics", "_status"])
-async def test_server_route_names_are_reserved_under_the_root_base_path(
-    trickle_app: Any, trickle_registry: ChannelRegistry, name: str
+async def test_server_route_names_are_reserved_under_any_base_path(
+    trickle_registry: ChannelRegistry, name: str, base_path: str
 ) -> None:
-    assert (await request(trickle_app, "POST", f"/{name}")).status == 400
-    assert (await publish(trickle_app, name, 0, b"x")).status == 400
+    app = create_app(Settings(autocreate=True, base_path=base_path), trickle_registry)
+    assert (await request(app, "POST", f"{base_path}{name}")).status == 400
+    assert (await publish(app, f"{base_path}{name}".strip("/"), 0, b"x")).status == 400
     assert name not in trickle_registry
-    other = create_app(Settings(autocreate=True, base_path="/trickle/"), trickle_registry)
-    assert (await request(other, "POST", f"/trickle/{name}")).status == 200
-    assert (await request(other, "GET", "/healthz")).status == 200
+
+
+async def test_server_routes_answer_at_the_root_and_under_the_base_path(
+    trickle_registry: ChannelRegistry,
+) -> None:
+    app = create_app(Settings(autocreate=True, base_path="/trickle/"), trickle_registry)
+    await publish(app, "trickle/cam", 0, b"x")
+    for prefix in ("/", "/trickle/"):
+        assert (await request(app, "GET", f"{prefix}healthz")).body == b"ok\n"
+        assert (await request(app, "GET", f"{prefix}readyz")).body == b"ready\n"
+        assert b"trickle_channels_open 1.0" in (await request(app, "GET", f"{prefix}metrics")).body
+        listing = json.loads((await request(app, "GET", f"{prefix}_status")).body)
+        assert [c["channel"] for c in listing["channels"]] == ["cam"]
+    app.extensions["trickle"].draining = True
+    for prefix in ("/", "/trickle/"):
+        assert (await request(app, "GET", f"{prefix}readyz")).status == 503
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -109,20 +122,6 @@ async def test_status_lists_channels(trickle_app: Any) -> None:
     assert table.splitlines()[0].startswith("channels=1 subscribers=1")
     assert "cam" in table.splitlines()[-1]
     assert "video/mp2t" in table.splitlines()[-1]
-
-
-async def test_status_command_against_a_real_server(
-    trickle_server: RunningServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    trickle_server.registry.create("cam", "video/mp2t")
-    with trio.fail_after(10):
-        assert await show_status(trickle_server.urls[0]) == 0
-    out = capsys.readouterr().out
-    assert "CHANNEL" in out
-    assert "cam" in out
-    with trio.fail_after(10):
-        assert await show_status("http://127.0.0.1:1") == 1
-    assert "cannot read" in capsys.readouterr().err
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -207,13 +206,14 @@ def test_json_log_lines_carry_the_key_value_fields() -> None:
 async def test_lifecycle_events_are_logged(
     trickle_app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trickle_trio")
+    caplog.set_level(logging.DEBUG, logger="trickle_trio")
     await publish(trickle_app, "cam", 0, b"abc")
     await request(trickle_app, "DELETE", "/cam")
-    messages = [record.getMessage() for record in caplog.records]
-    assert "channel created channel=cam mime=" in messages  # no Content-Type sent
-    assert any(m.startswith("segment complete channel=cam seq=0 bytes=3") for m in messages)
-    assert "channel deleted channel=cam" in messages
+    levels = {record.getMessage(): record.levelno for record in caplog.records}
+    assert levels["channel created channel=cam mime="] == logging.INFO  # no Content-Type
+    (segment,) = [m for m in levels if m.startswith("segment complete channel=cam seq=0 bytes=3")]
+    assert levels[segment] == logging.DEBUG  # per segment: one per channel per second
+    assert levels["channel deleted channel=cam"] == logging.INFO
 
 
 def test_serve_flags_reach_the_settings(tmp_path: Path) -> None:

@@ -7,13 +7,15 @@ it under that bound (MockClock is not usable with socket I/O in flight).
 from __future__ import annotations
 
 import json
+import socket
 
 import h11
+import pytest
 import trio
 import trustme
 
 from trickle_trio.config import Settings
-from trickle_trio.server import RunningServer, open_server
+from trickle_trio.server import BindError, RunningServer, open_server
 
 from .client_support import task_names
 from .sockets import call, connect, until
@@ -201,6 +203,16 @@ async def test_a_delete_leaves_only_what_a_slow_reader_takes_and_then_nothing() 
             assert status["channels_retired"] == 1
             assert status["retained_bytes"] == len(data)
             assert status["retired"][0]["channel"] == "cam"
+            metrics = (await call(server.url, "GET", "/metrics")).body.decode()
+            assert "trickle_channels_retired 1.0" in metrics
+            assert f"trickle_retained_bytes {float(len(data)):.7e}" in metrics
+            # A publisher restarting now starts a brand-new channel under the name.
+            assert (await call(server.url, "POST", "/cam")).status == 200
+            fresh = server.registry.get("cam")
+            assert fresh is not None
+            assert fresh is not channel
+            assert (fresh.next_write, fresh.closed) == (0, False)
+            assert (await call(server.url, "DELETE", "/cam")).status == 200
             got = b""
             while (chunk := await reader.chunk()) is not None:
                 got += chunk
@@ -265,3 +277,14 @@ async def test_no_server_timeout_cuts_an_idle_preconnect() -> None:
             assert (await preconnect.response()).status == 200
             await preconnect.aclose()
             assert (await call(server.url, "GET", "/cam/0")).body == b"late but fine"
+
+
+async def test_a_taken_port_is_one_bind_error_before_anything_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError) as caught, trio.fail_after(LIMIT):
+            async with open_server(Settings(port=port)):
+                pytest.fail("served on a taken port")  # pragma: no cover
+    assert str(caught.value) == f"cannot bind 127.0.0.1:{port}: address already in use"

@@ -77,18 +77,27 @@ async def test_the_page_and_its_files_are_served_with_a_csp(trickle_app: Any) ->
     assert (redirect.status, redirect.headers["location"]) == (308, "/_/watch/")
 
 
-async def test_underscore_is_no_channel_under_the_root_base_path(trickle_app: Any) -> None:
+async def test_underscore_is_no_channel(trickle_app: Any) -> None:
     assert (await request(trickle_app, "POST", "/_")).status == 400
     assert (await request(trickle_app, "POST", "/_/0", b"x")).status in (404, 405)
     assert (await request(trickle_app, "GET", "/_/0")).status in (404, 405)
 
 
-async def test_under_another_base_path_the_page_knows_it(nursery: trio.Nursery) -> None:
+async def test_under_another_base_path_the_page_is_at_both_and_finds_the_channels(
+    nursery: trio.Nursery,
+) -> None:
     settings = Settings(port=0, autocreate=True, base_path="/trickle/")
     app = create_app(settings, ChannelRegistry.from_settings(nursery, settings))
+    # Its channels are at ../../{ch} of the page: under /trickle/ from the root...
     page = await request(app, "GET", "/_/watch/")
     assert b'<meta name="trickle-base-path" content="/trickle/">' in page.body
-    assert (await publish(app, "trickle/_", 0, b"x")).status == 200  # "_" is a channel there
+    # ...and right there from /trickle/_/watch/ (a proxy that forwards only /trickle/).
+    under = await request(app, "GET", "/trickle/_/watch/")
+    assert b'<meta name="trickle-base-path" content="/">' in under.body
+    assert (await request(app, "GET", "/trickle/_/watch/watch.js")).status == 200
+    redirect = await request(app, "GET", "/trickle/_/watch")
+    assert (redirect.status, redirect.headers["location"]) == (308, "/trickle/_/watch/")
+    assert (await request(app, "POST", "/trickle/_")).status == 400  # reserved there too
 
 
 async def test_the_page_is_off_when_asked(nursery: trio.Nursery) -> None:

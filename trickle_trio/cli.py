@@ -1,15 +1,12 @@
 """``trickle-trio``: the command line. The only place that calls ``trio.run`` and
 configures logging (besides the ``asgi`` entry point for plain hypercorn).
 
-    trickle-trio serve [--config FILE] [--host H] [--port P] [--base-path /p/]
-                       [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
-                       [--certfile F --keyfile F] [--access-log -] [--log-format json]
-    trickle-trio status URL
-    trickle-trio cluster [--workers N] [--port P] ...   (see trickle_trio/cluster.py)
-
-``serve`` merges defaults < TOML file < ``TRICKLE_*`` environment < flags, prints the
-result (secrets masked) at start-up, and fails fast with one line on a bad value. A
-standalone server has autocreate on and binds 127.0.0.1 unless told otherwise.
+``serve`` merges defaults < TOML file < ``TRICKLE_*`` environment < flags, logs one
+start-up line (the address, the settings that matter at a glance, and every setting not
+at its default with its source; ``--print-settings`` lists them all), and fails fast with
+one line on a bad value. A standalone server has autocreate on and binds 127.0.0.1
+unless told otherwise. The client commands are :mod:`trickle_trio.client.cli`'s;
+``cluster`` is :mod:`trickle_trio.cluster`'s.
 """
 
 from __future__ import annotations
@@ -23,18 +20,57 @@ from typing import Any
 
 import trio
 
-from . import cluster
-from .client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
+from . import __version__, cluster
+from .client.cli import CLIENT_COMMANDS, HelpFormatter, add_client_commands, run_client_command
 from .config import Settings, SettingsError, load_settings
 from .logs import configure_logging
-from .server import run_server
+from .server import BindError, bind_sockets, run_server
 
 logger = logging.getLogger("trickle_trio")
 
 
+DESCRIPTION = """\
+trickle-trio speaks Livepeer's trickle protocol: segmented, real-time publish/subscribe
+over plain HTTP (live video, audio, JSON events). Run a server (serve, or cluster for
+several behind HAProxy), publish and subscribe from a shell (publish, subscribe, next,
+delete), and look into a running server (status).
+"""
+
+EPILOG = """\
+examples:
+  trickle-trio serve                                   # http://127.0.0.1:2939/, autocreate on
+  ffmpeg -re -i in.mp4 -c copy -f mpegts - | trickle-trio publish http://127.0.0.1:2939/cam
+  trickle-trio subscribe http://127.0.0.1:2939/cam | ffplay -
+  trickle-trio status http://127.0.0.1:2939
+
+'trickle-trio COMMAND --help' tells more about each command.
+"""
+
+SERVE_DESCRIPTION = """\
+Run a trickle server in this process. Settings come from, lowest precedence first: the
+built-in defaults, a TOML file (--config or TRICKLE_CONFIG), TRICKLE_<NAME> environment
+variables, these flags. The start-up log line shows the address and every setting that
+is not at its default, with its source; --print-settings lists them all and exits.
+SIGTERM or SIGINT drains first: every channel is deleted (subscribers end cleanly, idle
+preconnects are released), then the server stops.
+"""
+
+
 def _add_serve(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="run a trickle server")
-    serve.add_argument("-c", "--config", help="TOML settings file (also TRICKLE_CONFIG)")
+    serve = sub.add_parser(
+        "serve",
+        help="run a trickle server",
+        description=SERVE_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    serve.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML settings file (default: TRICKLE_CONFIG)"
+    )
+    serve.add_argument(
+        "--print-settings",
+        action="store_true",
+        help="print every setting with its value and source, then exit",
+    )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 2939; 0 = any)")
     serve.add_argument("--base-path", help="path prefix of every route (default /)")
@@ -48,21 +84,38 @@ def _add_serve(sub: Any) -> None:
         "--changefeed",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="publish channel additions/removals to the _changes channel",
+        help="publish channel additions/removals to the _changes channel (default off)",
     )
     serve.add_argument(
         "--watch-page",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="serve the watch page at /_/watch/ (default on)",
+        help="serve the watch page, a browser view of the channels, at /_/watch/ (default on)",
     )
-    serve.add_argument("--idle-timeout", type=float, help="seconds before idle channels go")
-    serve.add_argument("--sweep-interval", type=float, help="seconds between idle sweeps")
-    serve.add_argument("--certfile", help="TLS certificate (PEM)")
-    serve.add_argument("--keyfile", help="TLS private key (PEM)")
-    serve.add_argument("--access-log", help="access log target ('-' = stderr; off by default)")
-    serve.add_argument("--log-level", help="debug, info, warning, error (default info)")
-    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="delete channels without a write for S seconds (default 300)",
+    )
+    serve.add_argument(
+        "--sweep-interval", type=float, metavar="S", help="seconds between idle sweeps (default 60)"
+    )
+    serve.add_argument("--certfile", metavar="FILE", help="TLS certificate (PEM; default: no TLS)")
+    serve.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM; default: no TLS)")
+    serve.add_argument(
+        "--access-log", metavar="TARGET", help="access log file, '-' = stderr (default off)"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (default info; per-segment lines are debug)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text: 'event key=value' lines; json: one object per line (default text)",
+    )
     limits = serve.add_argument_group("limits (each answered with a 4xx and a log line)")
     for name, convert, help_text in _LIMIT_FLAGS:
         limits.add_argument(f"--{name.replace('_', '-')}", type=convert, help=help_text)
@@ -70,17 +123,22 @@ def _add_serve(sub: Any) -> None:
     for role in ("publish", "subscribe"):
         auth.add_argument(
             f"--{role}-token-file",
-            help=f"file holding the {role} token (or TRICKLE_{role.upper()}_TOKEN)",
+            metavar="FILE",
+            help=f"file holding the {role} token (default: TRICKLE_{role.upper()}_TOKEN, "
+            "else open)",
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trickle-trio", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="trickle-trio",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"trickle-trio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
-    status = sub.add_parser("status", help="list a server's channels")
-    status.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:2939")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
     cluster.add_parser(sub)
     add_client_commands(sub)
     return parser
@@ -95,7 +153,7 @@ _LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_name_length", int, "longest channel name (400 beyond; default 256)"),
     ("max_url_length", int, "longest request path (414 beyond; default 2048)"),
     ("max_header_bytes", int, "request line + headers (400 beyond; default 16384)"),
-    ("preconnect_timeout", float, "release idle preconnects after S seconds (0 = never)"),
+    ("preconnect_timeout", float, "release idle preconnects after S seconds (default 0 = never)"),
 )
 
 _FLAGS = (
@@ -140,32 +198,30 @@ def _read_token(path: str) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     settings, sources = settings_from_args(args)
+    if args.print_settings:
+        print("\n".join(settings.describe(sources)))
+        return 0
     configure_logging(settings)
-    scheme = "https" if settings.certfile else "http"
-    logger.info(
-        "trickle-trio serving %s://%s:%d%s autocreate=%s changefeed=%s",
-        scheme,
-        settings.host,
-        settings.port,
-        settings.base_path,
-        "on" if settings.autocreate else "off",
-        "on" if settings.changefeed else "off",
-    )
-    for line in settings.describe(sources):
-        logger.info("setting %s", line)
+    try:
+        sockets = bind_sockets(settings)  # before saying "serving"
+    except BindError as exc:
+        print(f"trickle-trio: {exc}", file=sys.stderr)
+        return 2
+    loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+    page = ""
     if settings.watch_page:
+        scheme = "https" if settings.certfile else "http"
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        logger.info("watch page %s://%s:%d/_/watch/", scheme, host, settings.port)
-    if settings.host in ("127.0.0.1", "localhost", "::1"):
-        logger.info("bound to loopback only; use --host 0.0.0.0 to serve other machines")
-    trio.run(partial(run_server, settings))
+        page = f" watch_page={scheme}://{host}:{settings.port}/_/watch/"
+    logger.info(
+        "trickle-trio %s serving %s%s%s",
+        __version__,
+        settings.summary(sources),
+        page,
+        " (loopback only: --host 0.0.0.0 serves other machines)" if loopback else "",
+    )
+    trio.run(partial(run_server, settings, sockets=sockets))
     return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    from .status import show_status
-
-    return trio.run(show_status, args.url, args.json)
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -187,8 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command == "status":
-            return _status(args)
         if args.command == "cluster":
             return _cluster(args)
         if args.command in CLIENT_COMMANDS:

@@ -3,12 +3,13 @@
 One process uses one core and holds its channels' state, so a deployment that outgrows it
 shards channels: HAProxy hashes each request's channel name (the first path segment after
 the base path) onto one of N backends, consistently, and streams both ways. The config
-is ``deploy/haproxy.cfg.in``, rendered here for the backends at hand; ``deploy/README.md``
+is ``trickle_trio/haproxy.cfg.in``, rendered here for the backends at hand; ``deploy/README.md``
 explains each setting.
 
     trickle-trio cluster [--workers N] [--host H] [--port P] [--base-path /p/]
                          [--autocreate/--no-autocreate] [--changefeed] [--idle-timeout S]
                          [--config FILE] [--stream-timeout S] [--run-dir DIR]
+                         [--no-restart] [--restart-delay S] [--restart-delay-max S]
     trickle-trio cluster --print-config --backend [ID=]HOST:PORT [--backend ...] [--port P]
 
 Lifecycle (:func:`run_cluster`): pick free loopback ports, start the backends, wait until
@@ -17,7 +18,9 @@ write ``cluster.json`` in the run directory, then supervise. On SIGTERM/SIGINT, 
 soft-stops first (it stops accepting; streams in flight go on), then every backend drains
 (subscribers end with ``Lp-Trickle-Closed`` and preconnects are released, through the
 still-running proxy), and HAProxy, with nothing left to carry, exits. A backend that dies
-is reported and not replaced: its channels answer 503 meanwhile, the others are untouched.
+is restarted on its address with backoff (``trickle_trio.supervisor``; ``--no-restart``
+leaves it down): its channel names answer 503 meanwhile, the others are untouched, and
+the proxy's ``/readyz`` answers ``503 degraded: b2 down`` until it is back.
 HAProxy dying stops everything (exit status 1).
 
 Children run in their own sessions (a terminal's Ctrl-C reaches only this process, which
@@ -49,16 +52,20 @@ from typing import Any
 
 import trio
 
+from .client.cli import HelpFormatter
 from .core.wire import normalize_base_path
+from .supervisor import StartFailed, Supervisor
 
 logger = logging.getLogger(__name__)
 
-#: The HAProxy config template, in the repository beside the package.
-TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg.in"
+#: The HAProxy config template (package data: an installed wheel has it too).
+TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg.in"
 #: How long backends and the proxy may take to answer after they are started.
 STARTUP_TIMEOUT = 30.0
 #: How long one readiness probe may take (something else may hold the port, mute).
 PROBE_TIMEOUT = 1.0
+#: How often a backend is started on a fresh port when its first one was taken meanwhile.
+BIND_ATTEMPTS = 3
 #: How long backends may take to drain (teardown grace + graceful timeout, with room).
 DRAIN_TIMEOUT = 30.0
 #: How long HAProxy may take to exit once the backends are gone, before a hard stop.
@@ -137,6 +144,11 @@ class ClusterOptions:
     haproxy: str | None = None
     template: Path = TEMPLATE
     log_level: str = "info"
+    #: Restart a backend that exits, after ``restart_delay`` seconds, doubling after each
+    #: failed start up to ``restart_delay_max`` (see ``trickle_trio.supervisor``).
+    restart: bool = True
+    restart_delay: float = 0.5
+    restart_delay_max: float = 30.0
     #: Remote backends, for ``--print-config``.
     backends: tuple[Shard, ...] = ()
 
@@ -174,8 +186,13 @@ def render_config(
     base_path: str = "/",
     stream_timeout: float = 3600.0,
     template: Path = TEMPLATE,
+    readiness: str | None = None,
 ) -> str:
     """The HAProxy config for ``shards``, listening on ``bind`` (``HOST:PORT``).
+
+    ``readiness`` (``HOST:PORT``): where the proxy's ``/readyz`` is answered (the
+    cluster's :class:`~trickle_trio.supervisor.Supervisor`, which knows which shards are
+    down); without it the proxy answers ``ready`` itself while it runs.
 
     Raises:
         ClusterError: the template cannot be read, or two shards share an id.
@@ -187,15 +204,42 @@ def render_config(
     except OSError as exc:
         raise ClusterError(f"cannot read the HAProxy template {template}: {exc.strerror}") from None
     base = normalize_base_path(base_path)
+
+    def paths(name: str) -> str:
+        return " ".join(dict.fromkeys([f"/{name}", f"{base}{name}"]))
+
     rules = (
         f"    use-server {shard.name} if {{ var(txn.shard) -m str {shard.name} }}"
         for shard in shards
     )
     servers = (f"    server {shard.name} {shard.address} id {shard.id}" for shard in shards)
+    if readiness is None:
+        readyz_rule = (
+            "    http-request return status 200 content-type text/plain "
+            f'string "ready\\n" if {{ path {paths("readyz")} }}'
+        )
+        readiness_route = readiness_backend = ""
+    else:
+        readyz_rule = "    # /readyz: the cluster's supervisor says which shards are down (below)"
+        readiness_route = (
+            f"    use_backend readiness if {{ path {paths('readyz')} }}"
+            " !{ var(txn.shard) -m found }"
+        )
+        readiness_backend = (
+            "\n# `trickle-trio cluster`'s supervisor: 200 ready, or 503 degraded: <shards> down.\n"
+            f"backend readiness\n    server supervisor {readiness}"
+        )
     return Template(text).substitute(
         bind=bind,
         hard_stop_after=HARD_STOP_AFTER,
         stream_timeout=_duration(stream_timeout),
+        per_shard_path="%[path]" if base == "/" else f"%[path,regsub(^{base},/)]",
+        healthz_paths=paths("healthz"),
+        readyz_paths=paths("readyz"),
+        per_shard_paths=f"{paths('metrics')} {paths('_status')}",
+        readyz_rule=readyz_rule,
+        readiness_route=readiness_route,
+        readiness_backend=readiness_backend,
         changes_path=f"{base}_changes",
         shard_names=" ".join(shard.name for shard in shards),
         channel_field=channel_field(base),
@@ -372,19 +416,12 @@ def _open_run_dir(run_dir: str | None) -> Path:
     return path
 
 
-def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list[Shard], Path, str]:
+def _prepare(
+    options: ClusterOptions, haproxy: str, run_dir: Path, readiness: str
+) -> tuple[list[Shard], Path, str]:
     """Shards on free ports, the HAProxy config (checked by HAProxy) and its version."""
     shards = [Shard(i, "127.0.0.1", free_port()) for i in range(1, options.workers + 1)]
-    host = f"[{options.host}]" if ":" in options.host else options.host
-    config = render_config(
-        shards,
-        bind=f"{host}:{options.port}",
-        base_path=options.base_path,
-        stream_timeout=options.stream_timeout,
-        template=options.template,
-    )
-    config_path = run_dir / "haproxy.cfg"
-    config_path.write_text(config, encoding="utf-8")
+    config_path = _write_config(options, shards, run_dir, readiness)
     check = subprocess.run(
         [haproxy, "-c", "-q", "-f", str(config_path)], capture_output=True, text=True, check=False
     )
@@ -394,6 +431,62 @@ def _prepare(options: ClusterOptions, haproxy: str, run_dir: Path) -> tuple[list
     version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, check=False)
     words = version.stdout.split()  # "HAProxy version 2.6.12-1 2023/03/10 - https://..."
     return shards, config_path, f"HAProxy {words[2]}" if len(words) > 2 else "HAProxy"
+
+
+def _write_config(
+    options: ClusterOptions, shards: list[Shard], run_dir: Path, readiness: str
+) -> Path:
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    config = render_config(
+        shards,
+        bind=f"{host}:{options.port}",
+        base_path=options.base_path,
+        stream_timeout=options.stream_timeout,
+        template=options.template,
+        readiness=readiness,
+    )
+    config_path = run_dir / "haproxy.cfg"
+    config_path.write_text(config, encoding="utf-8")
+    return config_path
+
+
+async def _start_backends(
+    options: ClusterOptions, shards: list[Shard], run_dir: Path, backends: list[Child]
+) -> bool:
+    """Start a backend per shard into ``backends`` and wait until each answers.
+
+    A port is picked free and bound by the backend a moment later; should something else
+    take it meanwhile (the backend says ``cannot bind``), the shard moves to another
+    free port, up to ``BIND_ATTEMPTS`` times. Returns whether any shard moved (its
+    address in ``shards`` is then the new one).
+
+    Raises:
+        ClusterError: a backend exited while starting, for another reason or too often.
+    """
+    moved = False
+    for shard in shards:
+        backends.append(_start_backend(options, shard, run_dir))
+    for index in range(len(shards)):
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            shard = shards[index]
+            try:
+                await _wait_answering(backends[index], shard.host, shard.port, "/healthz")
+                break
+            except ClusterError:
+                child = backends[index]
+                lost_port = child.popen.returncode == 2 and "cannot bind" in child.log_tail(1)
+                if not lost_port or attempt == BIND_ATTEMPTS:
+                    raise
+            shards[index] = dataclasses.replace(shard, port=free_port(shard.host))
+            logger.info(
+                "shard %s: port %d was taken meanwhile; starting on %d",
+                shard.name,
+                shard.port,
+                shards[index].port,
+            )
+            backends[index] = _start_backend(options, shards[index], run_dir)
+            moved = True
+    return moved
 
 
 async def run_cluster(
@@ -455,8 +548,11 @@ async def _run(
     code = 0
     keep_run_dir = False  # a failed start keeps its logs
     try:
+        # The supervisor's readiness endpoint, on loopback, for the proxy's /readyz.
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        readiness = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         shards, config_path, version = await trio.to_thread.run_sync(
-            _prepare, options, haproxy, run_dir
+            _prepare, options, haproxy, run_dir, readiness
         )
         async with trio.open_nursery() as nursery:
 
@@ -466,20 +562,22 @@ async def _run(
 
             nursery.start_soon(stop_on_trigger)
             with trio.fail_after(STARTUP_TIMEOUT):
-                for shard in shards:
-                    argv = _backend_argv(options, shard)
-                    backends.append(Child(shard.name, argv, run_dir / f"{shard.name}.log"))
-                for shard, child in zip(shards, backends, strict=True):
-                    await _wait_answering(child, shard.host, shard.port, "/healthz")
+                if await _start_backends(options, shards, run_dir, backends):
+                    config_path = await trio.to_thread.run_sync(
+                        _write_config, options, shards, run_dir, readiness
+                    )
+                supervisor = _supervisor(options, shards, backends, run_dir)
+                await nursery.start(supervisor.serve_readiness, listeners)
                 argv = [haproxy, "-db", "-f", str(config_path)]
                 proxy = Child("haproxy", argv, run_dir / "haproxy.log")
                 for shard in shards:
                     path = f"/_shard/{shard.name}/healthz"
                     await _wait_answering(proxy, options.host, port, path)
             info = _announce(options, run_dir, version, proxy, shards, backends)
+            supervisor.on_change = partial(_write_state, info, proxy, supervisor)
             task_status.started(info)
-            for child in backends:
-                nursery.start_soon(_report_exit, child)
+            for index in range(len(backends)):
+                nursery.start_soon(supervisor.watch, index)
             code = await _watch_proxy(proxy)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -499,6 +597,35 @@ async def _run(
             await trio.to_thread.run_sync(partial(shutil.rmtree, run_dir, ignore_errors=True))
     logger.info("cluster stopped")
     return code
+
+
+def _start_backend(options: ClusterOptions, shard: Shard, run_dir: Path) -> Child:
+    return Child(shard.name, _backend_argv(options, shard), run_dir / f"{shard.name}.log")
+
+
+def _supervisor(
+    options: ClusterOptions, shards: list[Shard], backends: list[Child], run_dir: Path
+) -> Supervisor[Child]:
+    """The backends' supervisor; ``backends`` is the list it keeps current."""
+
+    def start(index: int) -> Child:
+        return _start_backend(options, shards[index], run_dir)
+
+    async def wait_serving(index: int, child: Child) -> None:
+        shard = shards[index]
+        try:
+            await _wait_answering(child, shard.host, shard.port, "/healthz")
+        except ClusterError as exc:
+            raise StartFailed(str(exc)) from None
+
+    return Supervisor(
+        backends,
+        start,
+        wait_serving,
+        restart=options.restart,
+        restart_delay=options.restart_delay,
+        restart_delay_max=options.restart_delay_max,
+    )
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -525,16 +652,15 @@ def _announce(
             "id": shard.id,
             "url": shard.url,
             "pid": child.pid,
+            "up": True,
+            "restarts": 0,
             "log": str(child.log_path),
             "via_proxy": f"http://{host}:{options.port}/_shard/{shard.name}/",
         }
         for shard, child in zip(shards, backends, strict=True)
     ]
     info = ClusterInfo(url.rstrip("/"), str(run_dir), proxy.pid, listing)
-    state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
-    partial_file = run_dir / "cluster.json.tmp"  # renamed: readers never see half of it
-    partial_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
-    partial_file.replace(run_dir / "cluster.json")
+    _write_state(info, proxy)
     logger.info(
         "cluster serving %s workers=%d proxy=%s stream_timeout=%s autocreate=%s run_dir=%s",
         url,
@@ -555,15 +681,20 @@ def _announce(
     return info
 
 
-async def _report_exit(child: Child) -> None:
-    status = await child.wait()
-    logger.warning(
-        "shard %s exited status=%s: its channels answer 503 until it is back, the others "
-        "are unaffected (log: %s)",
-        child.name,
-        status,
-        child.log_path,
-    )
+def _write_state(
+    info: ClusterInfo, proxy: Child, supervisor: Supervisor[Child] | None = None
+) -> None:
+    """(Re)write ``cluster.json``: the shards' current pids, whether each is up."""
+    if supervisor is not None:
+        for entry, process, health in zip(
+            info.shards, supervisor.processes, supervisor.health, strict=True
+        ):
+            entry.update(pid=process.pid, up=health.up, restarts=health.restarts)
+    run_dir = Path(info.run_dir)
+    state = {**info.__dict__, "proxy_log": str(proxy.log_path)}
+    partial_file = run_dir / "cluster.json.tmp"  # renamed: readers never see half of it
+    partial_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    partial_file.replace(run_dir / "cluster.json")
 
 
 async def _watch_proxy(proxy: Child) -> int:
@@ -612,22 +743,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
+CLUSTER_DESCRIPTION = """\
+Run several trickle-trio serve processes behind HAProxy on one machine: HAProxy hashes
+each request's channel name onto one backend, so every request of a channel reaches the
+process that owns it. One backend per core; HAProxy needs some CPU too. SIGTERM or
+Ctrl-C stops HAProxy accepting, drains every backend, then stops. A backend that exits
+is restarted, with backoff; meanwhile the proxy's /readyz answers 503 and names it.
+
+With --print-config it only prints the HAProxy config for remote backends (--backend),
+to run HAProxy on a proxy machine of its own. Needs HAProxy (apt-get install haproxy).
+"""
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``cluster`` on the ``trickle-trio`` subcommands."""
     parser: argparse.ArgumentParser = sub.add_parser(
         "cluster",
         help="run N servers behind HAProxy, channels sharded by name",
-        description=__doc__.split("\n")[0] if __doc__ else None,
+        description=CLUSTER_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--workers", type=_positive_int, default=2, help="backend processes (default 2)")
     add("--host", default="127.0.0.1", help="address the proxy binds (default 127.0.0.1)")
     add("--port", type=int, default=2939, help="port the proxy binds (default 2939; 0 = any)")
     add("--base-path", default="/", help="path prefix of every route (default /)")
-    add("--autocreate", action=argparse.BooleanOptionalAction, default=True, help="(default on)")
-    add("--changefeed", action=argparse.BooleanOptionalAction, default=False, help="per shard")
-    add("--idle-timeout", type=float, help="seconds before idle channels go (backends)")
-    add("--config", help="TOML settings file for every backend (as serve --config)")
+    add(
+        "--autocreate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create channels on first publish",
+    )
+    add(
+        "--changefeed",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a _changes channel per shard (default off)",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        help="seconds before idle channels go, on every backend (default 300)",
+    )
+    add(
+        "--config",
+        help="TOML settings file for every backend, as serve --config (default: none)",
+    )
     add(
         "--stream-timeout",
         type=float,
@@ -637,6 +798,26 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add("--run-dir", help="keep config, logs and cluster.json here (default: a temp dir)")
     add("--haproxy", help="the HAProxy binary (default: haproxy on PATH or in /usr/sbin)")
     add("--template", default=str(TEMPLATE), help="HAProxy config template")
+    add(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="restart a backend that exits (default on)",
+    )
+    add(
+        "--restart-delay",
+        type=float,
+        metavar="SECONDS",
+        default=0.5,
+        help="seconds before the first restart; doubles after each failed start (default 0.5)",
+    )
+    add(
+        "--restart-delay-max",
+        type=float,
+        metavar="SECONDS",
+        default=30.0,
+        help="the longest wait between restarts (default 30)",
+    )
     add("--log-level", default="info", help="debug, info, warning, error (default info)")
     add(
         "--print-config",
@@ -660,6 +841,8 @@ def options_from_args(args: argparse.Namespace) -> ClusterOptions:
         raise ClusterError("--print-config needs at least one --backend HOST:PORT")
     if not 0 <= args.port <= 65535:
         raise ClusterError(f"port must be 0..65535, not {args.port}")
+    if not 0 < args.restart_delay <= args.restart_delay_max:
+        raise ClusterError("--restart-delay wants 0 < delay <= --restart-delay-max")
     return ClusterOptions(
         workers=args.workers,
         host=args.host,
@@ -674,6 +857,9 @@ def options_from_args(args: argparse.Namespace) -> ClusterOptions:
         haproxy=args.haproxy,
         template=Path(args.template),
         log_level=args.log_level,
+        restart=args.restart,
+        restart_delay=args.restart_delay,
+        restart_delay_max=args.restart_delay_max,
         backends=backends,
     )
 

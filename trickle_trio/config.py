@@ -175,6 +175,53 @@ class Settings:
             lines.append(f"{f.name}={shown or '-'} source={source}")
         return lines
 
+    def summary(self, sources: Mapping[str, str] | None = None, *, serve: bool = True) -> str:
+        """The start-up line's settings: what matters at a glance, then every setting
+        that is not at its default with its source (``port=2940[flag]``); secrets masked.
+
+        ``serve=False`` (plain hypercorn) leaves out what hypercorn's own flags decide
+        (:data:`HYPERCORN_OWNED`).
+        """
+        parts = []
+        if serve:
+            scheme = "https" if self.certfile else "http"
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            parts.append(f"{scheme}://{host}:{self.port}{self.base_path}")
+        else:
+            parts.append(f"base_path={self.base_path}")
+        tokens = [kind for kind in ("publish", "subscribe") if getattr(self, f"{kind}_token")]
+        parts += [
+            f"autocreate={'on' if self.autocreate else 'off'}",
+            f"changefeed={'on' if self.changefeed else 'off'}",
+            f"tokens={','.join(tokens) or 'off'}",
+        ]
+        changed = []
+        for f in _settable_fields():
+            if f.name not in (sources or {}) or (not serve and f.name in HYPERCORN_OWNED):
+                continue
+            value = getattr(self, f.name)
+            shown = "***" if _is_secret(f.name) and value else str(value)
+            source = (sources or {})[f.name].replace(" ", ":")
+            changed.append(f"{f.name}={shown or '-'}[{source}]")
+        parts.append("set: " + (" ".join(changed) if changed else "all defaults"))
+        return " ".join(parts)
+
+
+#: Settings only ``trickle-trio serve`` applies; under plain hypercorn, its own flags
+#: (``--bind``, ``--certfile``, ``--graceful-timeout``, ...) decide these.
+HYPERCORN_OWNED = frozenset(
+    {
+        "host",
+        "port",
+        "certfile",
+        "keyfile",
+        "access_log",
+        "graceful_timeout",
+        "keep_alive_timeout",
+        "max_header_bytes",
+    }
+)
+
 
 def _settable_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(Settings) if f.name not in _PYTHON_ONLY]

@@ -219,8 +219,13 @@ class SegmentWriter:
         if self.started_at is not None:
             duration = trio.current_time() - self.started_at
             metrics.segment_duration.observe(duration)
+        # Per-segment lines are DEBUG (one per segment per channel); so is the idle
+        # preconnect a closing channel lets go (every publisher's normal close).
+        ordinary = outcome in _ORDINARY or (
+            outcome is PublishOutcome.CHANNEL_CLOSED and not self.bytes_written
+        )
         logger.log(
-            logging.INFO if outcome in _ORDINARY else logging.WARNING,
+            logging.DEBUG if ordinary else logging.WARNING,
             "segment %s channel=%s seq=%d bytes=%d duration=%.3f",
             outcome.value,
             channel.name,

@@ -12,14 +12,16 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from .config import Settings
@@ -50,6 +52,43 @@ def hypercorn_config(settings: Settings) -> Config:
         config.certfile = settings.certfile
         config.keyfile = settings.keyfile
     return config
+
+
+class BindError(Exception):
+    """The server's address cannot be bound; the message is one line, fit for a CLI."""
+
+
+def bind_sockets(settings: Settings) -> Sockets:
+    """Bind and listen on ``settings``' address, before anything else starts.
+
+    The socket is made as hypercorn makes its own (``Config.create_sockets``: address
+    reuse, no Nagle, non-blocking), which on a failed bind leaves its socket to the
+    garbage collector; this closes it.
+
+    Raises:
+        BindError: e.g. ``cannot bind 127.0.0.1:2939: address already in use``.
+    """
+    config = hypercorn_config(settings)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        sock.listen(config.backlog)
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise BindError(f"cannot bind {config.bind[0]}: {reason}") from None
+    sock.setblocking(False)
+    if config.ssl_enabled:
+        return Sockets(secure_sockets=[sock], insecure_sockets=[], quic_sockets=[])
+    return Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+
+
+def _close(sockets: Sockets) -> None:
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
+        sock.close()
 
 
 async def wait_for_signal() -> None:
@@ -100,8 +139,28 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
-    """Serve ``settings`` for the duration of the block; drain and stop at its end."""
+async def open_server(
+    settings: Settings, *, sockets: Sockets | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serve ``settings`` for the duration of the block; drain and stop at its end.
+
+    ``sockets`` are listening sockets from :func:`bind_sockets` (default: bound here,
+    first). They are closed when the block ends.
+
+    Raises:
+        BindError: the address cannot be bound (raised before anything starts).
+    """
+    if sockets is None:
+        sockets = bind_sockets(settings)
+    try:
+        async with _serving(settings, sockets) as server:
+            yield server
+    finally:
+        _close(sockets)
+
+
+@asynccontextmanager
+async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[RunningServer]:
     async with trio.open_nursery() as channel_nursery:
         registry = ChannelRegistry.from_settings(channel_nursery, settings)
         await channel_nursery.start(
@@ -113,21 +172,20 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
         )
         app = create_app(settings, registry)
         state = app_state(app)
+        config = hypercorn_config(settings)
         stop = trio.Event()
 
         async def drain_then_stop() -> None:
             await stop.wait()
-            state.draining = True
-            count = len(registry)
-            await registry.close_all()
-            logger.info("drained channels=%d", count)
+            logger.info("drained channels=%d", await state.drain())
 
         async with trio.open_nursery() as server_nursery:
             urls: list[str] = await server_nursery.start(
                 partial(
-                    serve,
-                    app,
-                    hypercorn_config(settings),
+                    worker_serve,  # hypercorn.trio.serve, with the sockets bound already
+                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                    config,
+                    sockets=sockets,
                     shutdown_trigger=drain_then_stop,
                 )
             )
@@ -143,15 +201,19 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
 async def run_server(
     settings: Settings,
     *,
+    sockets: Sockets | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = wait_for_signal,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (default: SIGINT/SIGTERM), then drain.
 
     ``task_status.started`` receives the :class:`RunningServer`. ``shutdown_trigger=None``
-    serves until cancelled.
+    serves until cancelled. ``sockets``: as for :func:`open_server`.
+
+    Raises:
+        BindError: the address cannot be bound.
     """
-    async with open_server(settings) as server:
+    async with open_server(settings, sockets=sockets) as server:
         if settings.gc_tuning:
             tune_gc()
         task_status.started(server)

@@ -22,33 +22,63 @@ from ..servers import Endpoint
 #: Counter slots in each worker's row, as the scenarios use them.
 C_BYTES, C_UNITS, C_ERRORS, C_LOST, C_AUX = 0, 1, 2, 3, 4
 
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)(i?)([bB]?)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+#: Units a size may carry: SI (kB = 1000) and binary (KiB = 1024). A bare K, M or G is
+#: refused as ambiguous rather than silently taken for one or the other.
+SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+}
 
 
 def parse_size(text: str) -> int:
-    """A byte count; K/M/G are binary: ``"64KiB"`` = ``"64k"`` = 65536, ``"200"`` = 200."""
+    """A byte count: ``"200"``, ``"64KiB"`` (65536), ``"1MB"`` (1,000,000), ``"1MiB"``.
+
+    Raises:
+        ValueError: not a number with one of :data:`SIZE_UNITS` (``"1M"`` is ambiguous).
+    """
     m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    number, unit, _, _ = m.groups()
-    power = " kmg".index(unit.lower()) if unit else 0
-    return round(float(number) * (1 << (10 * power)))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in SIZE_UNITS:
+        hint = " (ambiguous: say KiB/MiB/GiB for 1024s, kB/MB/GB for 1000s)" if m else ""
+        raise ValueError(f"not a size: {text!r}{hint}")
+    return round(float(m.group(1)) * SIZE_UNITS[unit])
 
 
 def parse_rate(text: str) -> float:
-    """Bits per second: ``"2M"`` or ``"2Mbit"`` -> 2e6, ``"500k"`` -> 5e5."""
+    """Bits per second: ``"2M"``, ``"2Mbit"`` or ``"2Mbit/s"`` -> 2e6, ``"500k"`` -> 5e5
+    (SI prefixes, as bit rates always are).
+
+    Raises:
+        ValueError: not a rate.
+    """
     cleaned = text.strip().lower().removesuffix("/s").removesuffix("bit").removesuffix("bps")
     factor = {"k": 1e3, "m": 1e6, "g": 1e9}.get(cleaned[-1:], 1.0)
-    if cleaned[-1:] in "kmg":
+    if cleaned[-1:] in ("k", "m", "g"):
         cleaned = cleaned[:-1]
-    return float(cleaned) * factor
+    try:
+        value = float(cleaned) * factor
+    except ValueError:
+        raise ValueError(f"not a bit rate: {text!r} (e.g. 2M, 500k, 2Mbit/s)") from None
+    if value <= 0:
+        raise ValueError(f"not a bit rate: {text!r} (must be > 0)")
+    return value
 
 
 def format_size(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    """``1048576`` -> ``"1MiB"``, ``1000000`` -> ``"1MB"``: exact units first."""
+    for unit in ("GiB", "MiB", "KiB", "GB", "MB", "kB"):
+        size = SIZE_UNITS[unit.lower()]
         if n >= size and n % size == 0:
             return f"{int(n // size)}{unit}"
-    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit in ("MiB", "KiB"):
+        size = SIZE_UNITS[unit.lower()]
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return f"{int(n)}B"

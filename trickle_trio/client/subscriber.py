@@ -369,7 +369,8 @@ class Subscriber(SubscriberState):
                     errors += 1
                     if errors > self._max_errors:
                         get.error = failure
-                        logger.warning("subscription failed url=%s error=%s", url, failure)
+                        # Raised to the caller, who reports it: no second report here.
+                        logger.info("subscription failed url=%s error=%s", url, failure)
                         return
                     logger.info("GET failed, retrying url=%s error=%s", url, failure)
                     await trio.sleep(self._retry_delay)

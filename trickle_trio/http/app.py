@@ -17,6 +17,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from ..config import Settings
 from ..core import wire
@@ -47,6 +48,17 @@ def _error(status: int, message: str) -> Response:
     """What Go's ``http.Error`` sends."""
     response = _plain(status, message + "\n")
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _http_error(error: HTTPException) -> Response:
+    """Quart's own errors (no route, wrong method, body too large) as Go's mux words them:
+    plain text, not Werkzeug's HTML page; a 405 keeps its ``Allow`` header."""
+    status = error.code or 500
+    response = _error(status, "404 page not found" if status == 404 else error.name)
+    for key, value in error.get_headers():
+        if key.lower() == "allow":
+            response.headers["Allow"] = value
     return response
 
 
@@ -87,6 +99,10 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         except wire.InvalidChannelName:
             return None
         return None if name in reserved else name
+
+    @app.errorhandler(HTTPException)
+    async def plain_http_error(error: HTTPException) -> Response:
+        return _http_error(error)
 
     @app.after_request
     async def count_errors(response: Response) -> Response:
@@ -150,6 +166,13 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         if state.draining or state.registry is None:
             return _plain(503, "draining\n")
         return _plain(200, "ready\n")
+
+    if base != "/":
+        # The server's own routes under the base path too, where an operator behind a
+        # proxy that forwards only the base path looks; their names are reserved (state).
+        own = {"metrics": metrics, "_status": status, "healthz": healthz, "readyz": readyz}
+        for name, view in own.items():
+            app.add_url_rule(f"{base}{name}", f"{name}_under_base", view, methods=["GET"])
 
     @app.post(f"{base}<name>")
     async def create(name: str) -> Response:
@@ -223,9 +246,7 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
 
         @app.after_serving
         async def drain_registry() -> None:
-            state.draining = True
-            if state.registry is not None:
-                await state.registry.close_all()
+            await state.drain()
 
     if settings.watch_page:
         install_page(app, base)

@@ -1,8 +1,8 @@
 """The outermost ASGI layer: access control and request-level limits.
 
 Every HTTP request passes here first:
-1. ``/healthz`` and ``/readyz`` go straight through (probes need neither tokens nor a
-   free request slot).
+1. ``/healthz`` and ``/readyz`` (at the root and under the base path) go straight
+   through (probes need neither tokens nor a free request slot).
 2. A path longer than ``max_url_length`` gets 414.
 3. More than ``max_requests`` requests in flight (one per busy connection on HTTP/1.1)
    get 429.
@@ -29,8 +29,13 @@ from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
-_PROBES = frozenset({"/healthz", "/readyz"})
-_OPEN = frozenset({"/metrics"})
+_PROBES = ("healthz", "readyz")
+_OPEN = ("metrics",)
+_STATUS = "_status"
+
+
+def _at_root_and_base(names: tuple[str, ...], base_path: str) -> frozenset[str]:
+    return frozenset(prefix + name for name in names for prefix in {"/", base_path})
 
 
 class Guard:
@@ -44,12 +49,16 @@ class Guard:
         self._subscribe = _encode(settings.subscribe_token)
         self._max_requests = settings.max_requests
         self._max_url_length = settings.max_url_length
+        self._probes = _at_root_and_base(_PROBES, state.base_path)
+        self._open = _at_root_and_base(_OPEN, state.base_path)
+        self._status = _at_root_and_base((_STATUS,), state.base_path)
+        self._pages = _at_root_and_base((PAGE_PATH.strip("/"),), state.base_path)
         self.in_flight = 0
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http" or scope["path"] in _PROBES:
+        if scope["type"] != "http" or scope["path"] in self._probes:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
@@ -61,7 +70,7 @@ class Guard:
             logger.warning("limit hit limit=max_requests value=%d", self._max_requests)
             await self._refuse(send, 429, "Too many requests", [(b"connection", b"close")])
             return
-        if path not in _OPEN and not _is_page(path) and not self._authorized(scope):
+        if path not in self._open and not self._is_page(path) and not self._authorized(scope):
             await self._refuse(
                 send, 401, "Unauthorized", [(b"www-authenticate", b'Bearer realm="trickle"')]
             )
@@ -77,8 +86,13 @@ class Guard:
         finally:
             self.in_flight -= 1
 
+    def _is_page(self, path: str) -> bool:
+        """The watch page's own files: they hold no channel names (what the page reads
+        needs the tokens as usual)."""
+        return any(path == page or path.startswith(page + "/") for page in self._pages)
+
     def _authorized(self, scope: Any) -> bool:
-        reading = scope["method"] in ("GET", "HEAD") and scope["path"] != "/_status"
+        reading = scope["method"] in ("GET", "HEAD") and scope["path"] not in self._status
         needed = [self._publish]
         if reading:
             needed.append(self._subscribe)
@@ -101,12 +115,6 @@ class Guard:
         registry = self.state.registry
         counts = registry.metrics.responses if registry is not None else None
         await send_error(send, status, message, headers or (), counts=counts)
-
-
-def _is_page(path: str) -> bool:
-    """The watch page's own files: they hold no channel names (what the page reads
-    needs the tokens as usual)."""
-    return path == PAGE_PATH.rstrip("/") or path.startswith(PAGE_PATH)
 
 
 def _encode(token: str | None) -> bytes | None:

@@ -2,11 +2,12 @@
 
 Static files shipped in the package (``http/watch/``; the player library vendored in
 ``http/watch/vendor/`` by ``make vendor``), read once when the app is made and served
-from memory with an ETag. The page itself holds no channel names and no data: it reads
+from memory with an ETag, at ``/_/watch/`` and (as the server's other own routes) under
+the base path. The page itself holds no channel names and no data: it reads
 ``/_status`` and the channels with the caller's token, so the page's files are open
 (like ``/metrics``) and the token rules of what it reads apply unchanged (see
-``guard.py``). It lives under ``/_/``, which is never a trickle route: with base path
-``/`` the name ``_`` is reserved, and under any other base path ``/_/`` is outside it.
+``guard.py``). It lives under ``/_/``, which is never a trickle route: the channel name
+``_`` is reserved.
 
 Imports: the stdlib and Quart.
 """
@@ -57,32 +58,37 @@ class _File:
     etag: str
 
 
-def _load(base_path: str) -> dict[str, _File]:
+def _load(channels_at: str) -> dict[str, _File]:
+    """The page's files; ``channels_at`` is where the channels are, from the server's
+    root as the page sees it (``../../`` of the page)."""
     folder = resources.files("trickle_trio.http") / "watch"
     files = {}
     for name, (path, content_type) in _FILES.items():
         body = folder.joinpath(path).read_bytes()
         if path == "index.html":
-            body = body.replace(b"{{BASE_PATH}}", html.escape(base_path).encode())
+            body = body.replace(b"{{BASE_PATH}}", html.escape(channels_at).encode())
         etag = hashlib.sha256(body).hexdigest()[:32]
         files[name] = _File(body, content_type, etag)
     return files
 
 
 def install_page(app: QuartTrio, base_path: str) -> None:
-    """Add the watch page's routes to ``app``; ``base_path`` (normalized) is where the
-    page finds the channels."""
-    files = _load(base_path)
+    """Add the watch page's routes to ``app``: at ``/_/watch/`` and, as the server's own
+    routes are, under ``base_path`` (normalized) too."""
+    mounts = {"/": base_path}
+    if base_path != "/":
+        mounts[base_path] = "/"  # from /{base}_/watch/, the channels are at ../../
+    for number, (mount, channels_at) in enumerate(mounts.items()):
+        _add_routes(app, f"{mount}{PAGE_PATH[1:]}", _load(channels_at), number)
 
-    @app.get(PAGE_PATH.rstrip("/"))
+
+def _add_routes(app: QuartTrio, page_path: str, files: dict[str, _File], number: int) -> None:
     async def page_redirect() -> Response:
         response = Response("", status=308)
-        response.headers["Location"] = PAGE_PATH
+        response.headers["Location"] = page_path
         return response
 
-    @app.get(PAGE_PATH, defaults={"name": ""})
-    @app.get(f"{PAGE_PATH}<path:name>")
-    async def page_file(name: str) -> Response:
+    async def page_file(name: str = "") -> Response:
         found = files.get(name)
         if found is None:
             response = Response("Not found\n", status=404)
@@ -100,3 +106,11 @@ def install_page(app: QuartTrio, base_path: str) -> None:
             response.headers["Content-Security-Policy"] = _CSP
             response.headers["Referrer-Policy"] = "no-referrer"
         return response
+
+    app.add_url_rule(
+        page_path.rstrip("/"), f"watch_page_redirect_{number}", page_redirect, methods=["GET"]
+    )
+    app.add_url_rule(page_path, f"watch_page_{number}", page_file, methods=["GET"])
+    app.add_url_rule(
+        f"{page_path}<path:name>", f"watch_page_file_{number}", page_file, methods=["GET"]
+    )

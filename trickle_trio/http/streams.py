@@ -53,7 +53,7 @@ class SegmentStreams:
                 route is not None
                 and route.seq is not None
                 and not (route.seq == "next" and scope["method"] == "GET")
-                and not (route.channel == PAGE_NAME and PAGE_NAME in self.state.reserved)
+                and route.channel != PAGE_NAME
             ):
                 await self._serve(scope, receive, send, route)
                 return

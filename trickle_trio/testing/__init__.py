@@ -1,8 +1,13 @@
 """Testing helpers for your own Trio test suites: servers, fixtures, an ASGI driver.
 
-Enable the fixtures with ``pytest_plugins = ["trickle_trio.testing"]`` in your
-``conftest.py`` (pytest-trio must be installed and ``trio_mode = true`` set, or mark the
-tests with ``@pytest.mark.trio``). Fixtures:
+Installed with the ``testing`` extra (``pip install 'trickle-trio[testing]'``: pytest and
+pytest-trio), pytest loads this plugin by its ``pytest11`` entry point: no
+``pytest_plugins`` line is needed (``-p no:trickle_trio.testing`` turns it off). The
+fixtures below other than ``trickle_settings`` run in Trio, so the tests using them must
+be ``async def`` Trio tests: ``trio_mode = true`` under ``[tool.pytest.ini_options]``, or
+``@pytest.mark.trio`` on each test. A test that uses them otherwise fails at set-up with a
+message saying so (not pytest-trio's "Trio fixtures can only be used by Trio tests").
+Fixtures:
 
 - ``trickle_settings``: :class:`~trickle_trio.Settings` for the servers below (autocreate
   on, ephemeral port, changefeed off). Override the fixture to change them.
@@ -21,6 +26,7 @@ Without pytest: ``async with open_server(settings) as server: ...``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,6 +61,41 @@ __all__ = [
     "trickle_settings",
     "trickle_subscriber",
 ]
+
+
+#: The fixtures that run in Trio (pytest-trio's ``nursery`` is under each of them).
+TRIO_FIXTURES = frozenset(
+    {
+        "trickle_registry",
+        "trickle_app",
+        "trickle_server",
+        "trickle_channel_url",
+        "trickle_publisher",
+        "trickle_subscriber",
+        "trickle_clients",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses a Trio fixture of this plugin but cannot run it, saying why."""
+    used = sorted(TRIO_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if not used:
+        return
+    where = f"{item.name} uses {', '.join(used)} (trickle_trio.testing)"
+    if importlib.util.find_spec("pytest_trio") is None:
+        pytest.fail(
+            f"{where}, which needs pytest-trio: pip install 'trickle-trio[testing]'",
+            pytrace=False,
+        )
+    if item.get_closest_marker("trio") is None:
+        pytest.fail(
+            f"{where}: those fixtures run in Trio, so the test must be an async Trio test: "
+            "set trio_mode = true under [tool.pytest.ini_options] (or [pytest] in "
+            "pytest.ini), or mark it @pytest.mark.trio, and make it async def",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

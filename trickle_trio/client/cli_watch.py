@@ -16,42 +16,44 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Callable
 from typing import IO, Any, Final
 from urllib.parse import quote, urlsplit
 
 import trio
 
 from ._util import answer_error
+from .cli import EXIT_OK, HelpFormatter
 from .transport import Transport
 
-__all__ = ["add_watch_command", "watch"]
+__all__ = ["COMMANDS", "add_parsers", "live_url", "page_url", "player_argv"]
 
 _PLAYERS: Final = ("ffplay", "mpv", "vlc")
 _MEDIA_PREFIXES: Final = ("video/", "audio/")
 
 
-def add_watch_command(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``watch`` to the ``trickle-trio`` parser (``add_common``: the shared options)."""
+def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
     parser = sub.add_parser(
         "watch",
-        help="play a channel's live stream (ffplay) or print how to",
-        description=(
-            "Open a channel's live stream (URL/live) in a player, or print the live URL "
-            "and the commands that play it."
-        ),
+        help="play a channel's live stream (ffplay), or print how to",
+        formatter_class=HelpFormatter,
+        description="Open a channel's live stream (GET /{channel}/live: every segment, back "
+        "to back, in one endless response) in a player: ffplay when it is installed, for "
+        "video and audio channels; it ends when the channel does. Otherwise, or with "
+        "--player none, print the live URL, the commands that play or read it and the "
+        "watch page's address.",
     )
-    add_common(parser)
+    parser.add_argument("url", help="the channel URL, e.g. http://127.0.0.1:2939/cam")
     parser.add_argument(
         "--player",
         choices=["auto", *_PLAYERS, "none"],
         default="auto",
-        help="auto (default): ffplay if installed; none: only print the live URL",
+        help="auto: ffplay if installed; none: only print the live URL",
     )
     parser.add_argument(
         "--start",
         default="next",
-        help="next (default: the next segment boundary), current, or a seq",
+        help="where the stream begins: next (the next segment boundary), current (byte 0 "
+        "of the segment being written), or a seq",
     )
     parser.add_argument(
         "--on-gap",
@@ -59,6 +61,7 @@ def add_watch_command(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
         default="jump",
         help="when the player falls out of the window: jump to the live edge, or end",
     )
+    return {"watch": parser}
 
 
 def live_url(args: argparse.Namespace) -> str:
@@ -118,7 +121,7 @@ async def watch(
     if player is None:
         stdout.write(_instructions(url, str(args.url), content_type, token).encode())
         stdout.flush()
-        return 0
+        return EXIT_OK
     name = urlsplit(str(args.url).rstrip("/")).path.rsplit("/", 1)[-1]
     if player == "vlc" and token:
         print("trickle-trio: VLC cannot send the token; use ffplay or mpv", file=stderr)
@@ -167,3 +170,6 @@ def _instructions(url: str, channel_url: str, content_type: str, token: str | No
         lines.append(f"  trickle-trio subscribe {channel_url.rstrip('/')}  (one segment at a time)")
     lines.append(f"watch page: {page_url(channel_url)}")
     return "\n".join(lines) + "\n"
+
+
+COMMANDS: Final = {"watch": watch}

@@ -1,3 +1,0 @@
-"""Shared fixtures: the project's own pytest plugin (trickle_trio.testing)."""
-
-pytest_plugins = ["trickle_trio.testing"]
