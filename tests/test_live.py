@@ -176,6 +176,31 @@ async def test_a_reader_that_stops_does_not_slow_the_publisher_then_jumps(
     assert b"trickle_live_jumps_total 1.0" in metrics.body
 
 
+async def test_with_start_current_a_jump_goes_to_byte_0_of_the_segment_being_written(
+    autojump_clock: trio.testing.MockClock, trickle_app: Any, trickle_registry: ChannelRegistry
+) -> None:
+    await _create(trickle_app)
+    async with open_exchange(
+        trickle_app, "GET", "/cam/live?start=current", response_buffer=0, shield_sends=True
+    ) as live:
+        await live.read_start()
+        for seq in range(8):
+            await publish(trickle_app, "cam", seq, b"[%d]" % seq)
+        async with open_exchange(trickle_app, "POST", "/cam/8") as post:
+            await post.send_body(b"[8 so far")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await _read_until(live, 12) == b"[0][8 so far"
+            channel = trickle_registry.get("cam")
+            assert channel is not None
+            counters = live_counters(channel)
+            assert (counters.jumps, counters.skipped) == (1, 7)
+            await post.send_body(b"]")
+            await post.end_body()
+            await post.read_response()
+        await publish(trickle_app, "cam", 9, b"[9]")
+        assert await _read_until(live, 16) == b"[0][8 so far][9]"
+
+
 async def test_on_gap_end_cuts_the_response_where_the_reader_fell_out(
     trickle_app: Any, trickle_registry: ChannelRegistry
 ) -> None:

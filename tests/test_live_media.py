@@ -4,7 +4,9 @@ ffmpeg's test pattern and a sine tone (H.264 + AAC) are encoded live (``-re``) a
 through ``trickle-trio publish --interval 1`` (1 s segments); the test keeps every byte
 it hands the publisher. Readers on the live route: ffprobe (finds both streams), and
 ffmpeg decoding every frame (``framecrc``): no decode error, and frame for frame the
-same pictures and sound as the bytes published, across every segment join. Real
+same pictures and sound as the bytes published, across every segment join; and an
+ffmpeg that joins mid-stream at the default start (the next segment boundary, a
+keyframe since publish cuts there) decodes from its first byte. Real
 processes and sockets (level 4): skipped, saying why, where ffmpeg is missing.
 """
 
@@ -68,6 +70,7 @@ async def test_a_live_mpeg_ts_stream_decodes_through_the_live_route(
     registry = trickle_server.registry
     channel = registry.create("media", "video/mp2t")
     live = f"{trickle_server.url}/media/live?start=0"  # from the stream's first byte
+    live_default = f"{trickle_server.url}/media/live"
     sent = bytearray()
     out: dict[str, bytes] = {}
     with trio.fail_after(60):
@@ -89,9 +92,15 @@ async def test_a_live_mpeg_ts_stream_decodes_through_the_live_route(
             source = await trio.lowlevel.open_process(_source_argv(), stdout=subprocess.PIPE)
             assert publisher.stdin is not None
             assert source.stdout is not None
+            joined = False
             while chunk := await source.stdout.receive_some(65536):
                 sent += chunk
                 await publisher.stdin.send_all(chunk)
+                if not joined and channel.next_write >= 2:
+                    # A third reader joins mid-stream at the default start, the next
+                    # segment boundary (publish cuts MPEG-TS at keyframes).
+                    nursery.start_soon(_run, _framecrc(live_default), out, "joined")
+                    joined = True
             await publisher.stdin.aclose()
             assert await source.wait() == 0
             assert await publisher.wait() == 0
@@ -108,4 +117,12 @@ async def test_a_live_mpeg_ts_stream_decodes_through_the_live_route(
     reference = await trio.run_process(_framecrc(str(published)), capture_stdout=True)
     frames = _frames(out["live"])
     assert frames == _frames(reference.stdout)
-    assert len([frame for frame in frames if frame[0] == "0"]) == SECONDS * 25  # every picture
+    pictures = [frame for frame in frames if frame[0] == "0"]
+    assert len(pictures) == SECONDS * 25  # every picture
+    # Joined at a segment boundary: decodable from its first byte, and from there on
+    # the very same pictures.
+    assert out["joined.code"] == b"0"
+    assert out["joined.err"] == b""
+    joined = [frame for frame in _frames(out["joined"]) if frame[0] == "0"]
+    assert 0 < len(joined) < len(pictures)
+    assert joined == pictures[-len(joined) :]

@@ -66,9 +66,6 @@ __all__ = [
 LIVE: Final = "live"
 _START_NAMES: Final = {"next": wire.SEQ_NEXT, "current": wire.SEQ_CURRENT}
 _ON_GAP: Final = frozenset({"jump", "end"})
-#: How long a reader waits before it looks again when the live edge is a segment that has
-#: ended already (only a channel being torn down has one; a guard against spinning).
-_EDGE_RETRY: Final = 0.25
 
 #: ``await send_parts(parts, more_body)``: the fast path's ``PARTS_EXTENSION``.
 SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
@@ -342,10 +339,17 @@ class _Reader:
                     )
                     raise _Gap
                 following = edge.segment
-                if following is None or (following.closed and following.seq <= sent):
-                    # No live edge to wait on (a channel being torn down): look again.
-                    await trio.sleep(_EDGE_RETRY)
-                    continue
+                if following is None or following is self.segment:
+                    # ``current`` has no segment in the window (far-ahead preconnects
+                    # took its slot): the next one is always there to wait on.
+                    following = channel.segment_for_read(wire.SEQ_NEXT).segment
+                if following is None or following is self.segment:
+                    # Never send a segment twice; an open channel always has its next
+                    # segment, so this is a state nobody should reach: cut, visibly.
+                    logger.warning(
+                        "live reader has no live edge channel=%s seq=%d", channel.name, sent
+                    )
+                    raise _Gap
                 skipped = max(following.seq - sent - 1, 0)
                 counters.jumps += 1
                 counters.skipped += skipped
