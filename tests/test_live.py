@@ -194,6 +194,7 @@ async def test_with_start_current_a_jump_goes_to_byte_0_of_the_segment_being_wri
             assert channel is not None
             counters = live_counters(channel)
             assert (counters.jumps, counters.skipped) == (1, 7)
+            assert channel.retained_bytes == 9  # it holds seq 8 now, and only that
             await post.send_body(b"]")
             await post.end_body()
             await post.read_response()
@@ -260,6 +261,29 @@ async def test_delete_does_not_wait_for_a_reader_that_stopped(
         assert (response.complete, response.body) == (True, b"zero;")
         await retired.wait_deleted()  # its last reader is gone: nothing is kept
         assert retired.retained_bytes == 0
+
+
+async def test_no_publisher_is_answered_before_a_live_head_is_out(nursery: trio.Nursery) -> None:
+    settings = Settings(port=0, autocreate=True, teardown_grace=60)
+    registry = ChannelRegistry.from_settings(nursery, settings)
+    app = create_app(settings, registry)
+    await _create(app)
+    channel = registry.get("cam")
+    assert channel is not None
+    async with (
+        open_exchange(app, "POST", "/cam/0") as preconnect,
+        open_exchange(app, "GET", "/cam/live", response_buffer=0, shield_sends=True) as live,
+    ):
+        await trio.testing.wait_all_tasks_blocked()  # the head waits for the client
+        assert (await request(app, "DELETE", "/cam")).status == 200
+        await trio.testing.wait_all_tasks_blocked()
+        assert not channel.released  # the preconnect waits for the live reader's head
+        assert not preconnect.finished.is_set()
+        await live.read_start()
+        await channel.wait_released()
+        released = await preconnect.read_response()
+        assert released.headers["lp-trickle-closed"] == "terminated"
+        assert (await live.read_response()).complete  # seq 0 never had a byte: clean end
 
 
 async def test_a_client_leaving_releases_the_lease(

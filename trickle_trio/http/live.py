@@ -308,12 +308,12 @@ class _Reader:
         # Until it is out this reader is a pending head of the channel: a DELETE
         # answers no publisher before that.
         channel.head_pending()
-        try:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            try:
                 await self.send(start)
-                await self.send(flush)
-        finally:
-            channel.head_sent()
+            finally:
+                channel.head_sent()
+            await self.send(flush)
         channel.metrics.responses[200] += 1
         logger.debug("live reader started channel=%s seq=%d", channel.name, self.segment.seq)
 
