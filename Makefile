@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve cluster test lint typecheck check clean
+.PHONY: serve cluster test lint typecheck check clean vendor vendor-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The watch page's player (mpegts.js, from the npm registry) is vendored into the package,
+# with its licences, so that the page needs no download at run time and pip installs it.
+# `make vendor` refreshes it from web/package-lock.json; `make vendor-check` proves that the
+# committed files are exactly what that step makes.
+VENDOR := trickle_trio/http/watch/vendor
+NPM_MODULES := web/node_modules
+
+vendor:  ## copy mpegts.js and its licences from npm (web/package-lock.json) into the package
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cp $(NPM_MODULES)/mpegts.js/dist/mpegts.js $(VENDOR)/mpegts.js
+	cp $(NPM_MODULES)/mpegts.js/dist/mpegts.js.LICENSE.txt $(VENDOR)/mpegts.js.LICENSE.txt
+	cp $(NPM_MODULES)/mpegts.js/LICENSE $(VENDOR)/LICENSE.mpegts.js
+	cp $(NPM_MODULES)/es6-promise/LICENSE $(VENDOR)/LICENSE.es6-promise
+	cp $(NPM_MODULES)/events/LICENSE $(VENDOR)/LICENSE.events
+
+vendor-check: vendor  ## fail if the vendored files differ from what `make vendor` makes
+	git diff --exit-code --stat -- $(VENDOR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -236,6 +236,10 @@ def test_python_m_bench_runs_from_an_installed_wheel(tmp_path: Path) -> None:
         archive.extractall(site)
     assert "bench/__main__.py" in names
     assert "bench/scenarios/live.py" in names
+    # The watch page and its vendored player, with the player's licences.
+    for page_file in ("index.html", "watch.js", "watch.css", "vendor/mpegts.js",
+                      "vendor/LICENSE.mpegts.js", "vendor/mpegts.js.LICENSE.txt"):  # fmt: skip
+        assert f"trickle_trio/http/watch/{page_file}" in names
     metadata = next(n for n in names if n.endswith("METADATA"))
     assert "Provides-Extra: bench" in (site / metadata).read_text()
     # From elsewhere, with only the wheel's files on the path: no checkout involved.

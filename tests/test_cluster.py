@@ -375,6 +375,9 @@ async def test_proxy_answers_for_itself_and_routes_per_shard(tmp_path: Path) -> 
                 assert (await call(running.url, "GET", f"{prefix}_status")).body == (
                     b"Per shard: /_shard/<name>/_status\n"
                 )
+                assert (await call(running.url, "GET", f"{prefix}_/watch/")).body == (
+                    b"Per shard: /_shard/<name>/_/watch/\n"
+                )
             for shard in running.shards:  # each shard's own, and its reserved names
                 own = await call(running.url, "GET", f"/_shard/{shard.name}/trickle/readyz")
                 assert (own.status, own.body) == (200, b"ready\n")
@@ -387,6 +390,8 @@ async def test_proxy_answers_for_itself_and_routes_per_shard(tmp_path: Path) -> 
                 assert (feed.status, json.loads(feed.body)) == (200, {"added": ["_changes"]})
                 metrics = await call(running.url, "GET", f"/_shard/{shard.name}/metrics")
                 assert metrics.status == 200
+                page = await call(running.url, "GET", f"/_shard/{shard.name}/_/watch/")
+                assert (page.status, page.body[:15]) == (200, b"<!doctype html>")
             assert (await call(running.url, "GET", "/metrics")).body == (
                 b"Per shard: /_shard/<name>/metrics\n"
             )

@@ -166,3 +166,18 @@ def test_base_path() -> None:
     assert decide("GET", b"/ai/trickle/cam/0", "ai/trickle") == decide(
         "GET", b"/ai/trickle/cam/0", base
     )
+
+
+def test_pages_live_under_underscore_and_only_they_may_end_with_a_slash() -> None:
+    for target, base in [
+        (b"/_/watch/", "/"),
+        (b"/_/watch/vendor/mpegts.js", "/"),
+        (b"/ai/_/watch/", "/ai/"),
+        (b"/_/watch/", "/ai/"),
+    ]:
+        page = decide("GET", target, base)
+        assert isinstance(page, Route), target
+        assert (page.kind, page.access) == (Kind.PAGE, Access.OPEN), target
+        assert page.path == target.decode() or page.path.endswith(target.decode()[3:])
+    for refused in (b"/cam/", b"/cam/0/", b"/_/watch/../app.py", b"/_/./watch/", b"/_//"):
+        assert decide("GET", refused, "/") == BAD_TARGET, refused

@@ -312,6 +312,8 @@ class Channel:
         self.metrics = metrics if metrics is not None else _unshared_metrics()
         self.mime_type = mime_type
         self.next_write = 0
+        #: Bytes published to this channel so far (``/_status``; the watch page's rate).
+        self.bytes_in = 0
         self.created_at = trio.current_time()
         #: trio time of the last write (first byte of a segment, creation, empty segment).
         self.write_time = self.created_at

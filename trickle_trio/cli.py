@@ -87,6 +87,12 @@ def _add_serve(sub: Any) -> None:
         help="publish channel additions/removals to the _changes channel (default off)",
     )
     serve.add_argument(
+        "--watch-page",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the watch page, a browser view of the channels, at /_/watch/ (default on)",
+    )
+    serve.add_argument(
         "--idle-timeout",
         type=float,
         metavar="S",
@@ -157,6 +163,7 @@ _FLAGS = (
     "base_path",
     "autocreate",
     "changefeed",
+    "watch_page",
     "idle_timeout",
     "sweep_interval",
     "certfile",
@@ -202,10 +209,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"trickle-trio: {exc}", file=sys.stderr)
         return 2
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+    page = ""
+    if settings.watch_page:
+        scheme = "https" if settings.certfile else "http"
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        page = f" watch_page={scheme}://{host}:{settings.port}/_/watch/"
     logger.info(
-        "trickle-trio %s serving %s%s",
+        "trickle-trio %s serving %s%s%s",
         __version__,
         settings.summary(sources),
+        page,
         " (loopback only: --host 0.0.0.0 serves other machines)" if loopback else "",
     )
     trio.run(partial(run_server, settings, sockets=sockets))

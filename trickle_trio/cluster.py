@@ -237,6 +237,7 @@ def render_config(
         healthz_paths=paths("healthz"),
         readyz_paths=paths("readyz"),
         per_shard_paths=f"{paths('metrics')} {paths('_status')}",
+        page_paths=paths("_/watch"),
         readyz_rule=readyz_rule,
         readiness_route=readiness_route,
         readiness_backend=readiness_backend,

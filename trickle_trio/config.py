@@ -78,6 +78,10 @@ class Settings:
     #: Serve HTTP/1.1 through hypercorn subclasses that write a response's head, body
     #: and end together and never copy a payload (``trickle_trio.http.fastpath``).
     fast_path: bool = True
+    #: Serve the watch page at ``/_/watch/``: the channels as they come and go, MPEG-TS
+    #: channels playing in the page, others as a live log (``trickle_trio.http.page``).
+    #: Its files hold no channel names; what it reads follows the token rules.
+    watch_page: bool = True
 
     # -- limits: each answered with a clear 4xx and a log line --------------------------
     #: Bytes per segment; a publisher over it gets 413 and the segment is closed at the

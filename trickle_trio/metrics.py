@@ -41,6 +41,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Live readers (``GET /{ch}/live``) that fell out of the window and jumped.
+        self.live_jumps = 0
         self.segments: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         #: Non-streamed answers by status (404, 470, 400, 413, ...), and stream answers.
         self.responses: Counter[int] = Counter()
@@ -86,6 +88,11 @@ class _Collector(Collector):
         for name, value, doc in (
             ("trickle_bytes_in", metrics.bytes_in, "Segment bytes received from publishers."),
             ("trickle_bytes_out", metrics.bytes_out, "Segment bytes sent to subscribers."),
+            (
+                "trickle_live_jumps",
+                metrics.live_jumps,
+                "Live readers that fell out of the window and jumped to the live edge.",
+            ),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)

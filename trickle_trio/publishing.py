@@ -96,6 +96,7 @@ class SegmentWriter:
     def _append(self, data: bytes) -> None:
         self.bytes_written += len(data)
         self.metrics.bytes_in += len(data)
+        self.channel.bytes_in += len(data)
         self.segment.append(data)
 
     async def pump(

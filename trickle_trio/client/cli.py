@@ -1,4 +1,4 @@
-"""``trickle-trio publish | subscribe | next | delete | status``: the clients at a shell.
+"""``trickle-trio publish | subscribe | next | delete | status | watch``: the clients at a shell.
 
 Every command takes the same connection options (:func:`add_connection_options`): a
 bearer token from ``--token-file`` or ``TRICKLE_TOKEN``, ``--insecure``, ``--cacert``,
@@ -6,9 +6,10 @@ bearer token from ``--token-file`` or ``TRICKLE_TOKEN``, ``--insecure``, ``--cac
 why (the status and body of a refusal, the TLS or socket error, with a hint when there
 is an obvious fix), and the exit code says what kind of end it was (:data:`EXIT_CODES`).
 
-The commands themselves live in :mod:`.cli_publish`, :mod:`.cli_subscribe` and
-:mod:`.cli_admin`; this module registers them (:func:`add_client_commands`, called by
-``trickle_trio/cli.py``) and runs one (:func:`run_client_command`, under ``trio.run``).
+The commands themselves live in :mod:`.cli_publish`, :mod:`.cli_subscribe`,
+:mod:`.cli_admin` and :mod:`.cli_watch`; this module registers them
+(:func:`add_client_commands`, called by ``trickle_trio/cli.py``) and runs one
+(:func:`run_client_command`, under ``trio.run``).
 
 Imports: stdlib, trio and ``trickle_trio.client``.
 """
@@ -186,10 +187,10 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_client_commands(sub: Any) -> None:
-    """Add ``publish``, ``subscribe``, ``next``, ``delete`` and ``status``."""
-    from . import cli_admin, cli_publish, cli_subscribe
+    """Add ``publish``, ``subscribe``, ``next``, ``delete``, ``status`` and ``watch``."""
+    from . import cli_admin, cli_publish, cli_subscribe, cli_watch
 
-    for module in (cli_publish, cli_subscribe, cli_admin):
+    for module in (cli_publish, cli_subscribe, cli_admin, cli_watch):
         for name, parser in module.add_parsers(sub).items():
             add_connection_options(parser)
             parser.epilog = EXIT_CODES_HELP
@@ -197,7 +198,7 @@ def add_client_commands(sub: Any) -> None:
 
 
 #: Filled from the command modules' ``COMMANDS`` (kept as a set for ``trickle_trio.cli``).
-CLIENT_COMMANDS: Final = frozenset({"publish", "subscribe", "next", "delete", "status"})
+CLIENT_COMMANDS: Final = frozenset({"publish", "subscribe", "next", "delete", "status", "watch"})
 
 
 # -- running ---------------------------------------------------------------------------------

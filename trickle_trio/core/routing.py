@@ -16,7 +16,8 @@ Rule 2: the path is split on its literal ``/`` first, then each segment is
 Rule 3: the query string plays no part in routing.
 
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/_status`` are the server's own routes,
-at the root and under the base path (where channels live). The changefeed channel
+at the root and under the base path (where channels live), and so are its pages under
+``/_/`` (the only paths that may end with ``/``: a page's folder). The changefeed channel
 (``_changes``) belongs to the server: clients may read it, never write or delete it
 (403).
 
@@ -57,6 +58,9 @@ class Kind(enum.Enum):
     SEGMENT = "segment"
     #: ``/{ch}/{seq}`` with any other method (``DELETE`` closes a segment).
     SEQ = "seq"
+    #: ``/_/...`` (at the root and under the base path): the server's own pages (the
+    #: watch page). Open: a page holds no channel names; what it reads is guarded.
+    PAGE = "page"
     #: A well-formed path that is no route: the app answers 404 or 405.
     UNKNOWN = "unknown"
 
@@ -107,6 +111,9 @@ CHANGEFEED_IS_THE_SERVERS: Final = Refusal(
     403, "The changefeed is written by the server only: clients may read it"
 )
 
+#: The first path segment of the server's own pages (a reserved channel name).
+PAGE_NAME: Final = "_"
+
 _ROOT_ROUTES: Final = {
     "healthz": (Kind.PROBE, Access.OPEN),
     "readyz": (Kind.PROBE, Access.OPEN),
@@ -122,16 +129,21 @@ def decide(method: str, target: bytes, base_path: str = "/") -> Route | Refusal:
 
     Pure and cheap: call it once per request and hand the result on.
     """
-    segments = _segments(target)
-    if segments is None:
+    decoded = _segments(target)
+    if decoded is None:
         return BAD_TARGET
+    segments, trailing = decoded
     path = "/" + "/".join(segments)
+    base = _base_segments(base_path)
+    rest = segments[len(base) :] if segments[: len(base)] == base else None
+    if segments[0] == PAGE_NAME or (rest and rest[0] == PAGE_NAME):
+        return Route(Kind.PAGE, Access.OPEN, path + "/" if trailing else path)
+    if trailing:
+        return BAD_TARGET  # Rule 2: a trailing "/" only ever names a page's folder
     if len(segments) == 1 and segments[0] in _ROOT_ROUTES:
         kind, access = _ROOT_ROUTES[segments[0]]
         return Route(kind, access, path)
     access = Access.READ if method in READ_METHODS else Access.WRITE
-    base = _base_segments(base_path)
-    rest = segments[len(base) :] if segments[: len(base)] == base else None
     if not rest or not rest[0] or len(rest) > 2:
         return Route(Kind.UNKNOWN, access, path)
     channel = rest[0]
@@ -157,9 +169,9 @@ def _base_segments(base_path: str) -> list[str]:
     return stripped.split("/") if stripped else []
 
 
-def _segments(target: bytes) -> list[str] | None:
-    """The decoded path segments of ``target`` (``[""]`` for ``/``), or None if the
-    target is refused (Rules 1 and 2)."""
+def _segments(target: bytes) -> tuple[list[str], bool] | None:
+    """The decoded path segments of ``target`` (``[""]`` for ``/``) and whether the path
+    ended with a ``/`` after them, or None if the target is refused (Rules 1 and 2)."""
     if b"#" in target:  # a fragment is never part of a request target
         return None
     raw = target.partition(b"?")[0]
@@ -169,14 +181,15 @@ def _segments(target: bytes) -> list[str] | None:
             return None
         raw = absolute.group(2) or b"/"
     if raw == b"/":
-        return [""]
+        return [""], False
+    trailing = raw.endswith(b"/")
     segments = []
-    for piece in raw[1:].split(b"/"):
+    for piece in raw[1 : -1 if trailing else None].split(b"/"):
         segment = _decode_segment(piece)
         if segment is None:
             return None
         segments.append(segment)
-    return segments
+    return segments, trailing
 
 
 def _decode_segment(piece: bytes) -> str | None:

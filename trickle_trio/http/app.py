@@ -27,6 +27,8 @@ from ..registry import ChannelRegistry
 from . import fastpath
 from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
+from .live import live_status
+from .page import install_page
 from .state import ServerState
 from .streams import SegmentStreams
 
@@ -139,9 +141,11 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
                 "subscribers": len(channel.subscribers),
                 "publishers": len(channel.publishers),
                 "bytes": sum(segment.size for segment in channel.window),
+                "bytes_in": channel.bytes_in,
                 "age_s": round(now - channel.created_at, 3),
                 "idle_s": round(now - channel.write_time, 3),
                 "closed": channel.closed,
+                **live_status(channel),
             }
             for channel in registry.channels()
         ]
@@ -264,6 +268,8 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
         async def drain_registry() -> None:
             await state.drain()
 
+    if settings.watch_page:
+        install_page(app, base)
     app.asgi_app = Guard(SegmentStreams(app.asgi_app, state), state)  # type: ignore[method-assign]
     if settings.fast_path and fastpath.install():
         fastpath.enable(app)

@@ -10,8 +10,8 @@ from ..core import routing, wire
 from ..registry import ChannelRegistry
 
 #: Names that can't be channels: they are the server's own routes (/healthz, /readyz,
-#: /metrics, /_status), served at the root and under the base path.
-RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status"})
+#: /metrics, /_status, and /_/ for its pages), served at the root and under the base path.
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "_status", "_"})
 
 #: Where a request's route decision (``core.routing.Route`` or ``Refusal``) is kept in
 #: its ASGI scope, so that every layer uses the one decision.

@@ -29,6 +29,7 @@ from ..core.routing import Kind, Route
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
 from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
+from .live import LIVE, LiveOptions, LiveQueryError, parse_live_query, serve_live
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
 from .state import ServerState
 
@@ -63,11 +64,20 @@ class SegmentStreams:
     ) -> None:
         assert route.channel is not None
         assert route.seq is not None
-        try:
-            seq = wire.parse_seq(route.seq)
-        except wire.InvalidSeq:
-            await self._error(send, 400, wire.INVALID_IDX)
-            return
+        live_options: LiveOptions | None = None
+        seq = 0
+        if route.seq == LIVE and scope["method"] == "GET":
+            try:
+                live_options = parse_live_query(scope.get("query_string", b""))
+            except LiveQueryError as exc:
+                await self._error(send, 400, str(exc))
+                return
+        else:
+            try:
+                seq = wire.parse_seq(route.seq)
+            except wire.InvalidSeq:
+                await self._error(send, 400, wire.INVALID_IDX)
+                return
         try:
             name = wire.check_channel_name(
                 route.channel, max_length=self.state.settings.max_name_length
@@ -91,6 +101,16 @@ class SegmentStreams:
             watch = extensions.get(DISCONNECT_EXTENSION)
             parts = extensions.get(PARTS_EXTENSION)
             push = extensions.get(PUSH_EXTENSION)
+            if live_options is not None:
+                await serve_live(
+                    channel,
+                    live_options,
+                    receive,
+                    send,
+                    cancel_on_close=watch["cancel_on_close"] if watch else None,
+                    send_parts=parts["send"] if parts else None,
+                )
+                return
             await serve_subscriber(
                 channel,
                 seq,
