@@ -1,8 +1,9 @@
-"""Socket-level fuzz of the fast path: random request sequences on one keep-alive connection.
+"""Socket-level fuzz of both HTTP servers: random request sequences on one keep-alive
+connection.
 
-tests/test_fuzz_http.py drives the app in-process, so hypercorn (and with it
-trickle_trio/http/fastpath.py, which rewrites how responses are framed and written) is
-not in that loop. Here every Hypothesis example opens one connection to a real server and
+tests/test_fuzz_http.py drives the app in-process, so the HTTP server (trickle_trio/h1,
+which parses requests and frames and writes responses itself, or hypercorn) is not in
+that loop. Here every Hypothesis example opens one connection to a real server and
 sends a random sequence of publishes (any size from 0 B to 200 KiB, chunked in random
 pieces or with Content-Length), subscribes to what was published (complete segments, so
 nothing waits), ``DELETE``s of segments, ``/next``, health probes, ``HEAD`` and bad seqs,

@@ -84,6 +84,13 @@ async def test_status_is_unreachable_without_the_token_by_any_path(
 
 
 async def test_status_is_unreachable_over_http2_prior_knowledge(server: RunningServer) -> None:
+    if server.state.settings.fast_path:
+        # trickle-trio's own server speaks HTTP/1.1 only (as the reference does without
+        # TLS): the HTTP/2 preface gets the reference's 400 and a close.
+        with trio.fail_after(LIMIT):
+            answer = await send_raw(server.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        assert answer.statuses == [400]
+        return
     with trio.fail_after(LIMIT):
         for path in (b"_status", b"http://x/_status", b"//_status", b"/%2F_status", b"*"):
             status, body = await h2_request(server.url, "GET", path)

@@ -75,8 +75,10 @@ class Settings:
     #: Keep garbage-collector pauses off the live path: freeze everything allocated at
     #: start-up (never scanned again) and collect the young generation less often.
     gc_tuning: bool = True
-    #: Serve HTTP/1.1 through hypercorn subclasses that write a response's head, body
-    #: and end together and never copy a payload (``trickle_trio.http.fastpath``).
+    #: ``trickle-trio serve`` answers with its own HTTP/1.1 server (``trickle_trio.h1``:
+    #: llhttp parsing, one task per connection, segment bodies written straight into
+    #: segments, chunks pushed from the publisher's task); off: stock hypercorn, which
+    #: also speaks HTTP/2. Plain ``hypercorn trickle_trio.asgi:app`` is always hypercorn.
     fast_path: bool = True
     #: Serve the watch page at ``/_/watch/``: the channels as they come and go, MPEG-TS
     #: channels playing in the page, others as a live log (``trickle_trio.http.page``).
@@ -240,6 +242,7 @@ HYPERCORN_OWNED = frozenset(
         "graceful_timeout",
         "keep_alive_timeout",
         "max_header_bytes",
+        "fast_path",  # under plain hypercorn, hypercorn is the HTTP server
     }
 )
 

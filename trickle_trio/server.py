@@ -13,10 +13,12 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.config import Config, Sockets
@@ -24,6 +26,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
+from . import h1
 from .config import Settings
 from .http.app import app_state, create_app
 from .http.state import ServerState
@@ -180,15 +183,30 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
             logger.info("drained channels=%d", await state.drain())
 
         async with trio.open_nursery() as server_nursery:
-            urls: list[str] = await server_nursery.start(
-                partial(
+            if settings.fast_path:
+                serving: Any = partial(
+                    h1.serve,
+                    app,
+                    [*sockets.insecure_sockets, *sockets.secure_sockets],
+                    shutdown_trigger=drain_then_stop,
+                    keep_alive_timeout=settings.keep_alive_timeout,
+                    graceful_timeout=settings.graceful_timeout,
+                    max_head_bytes=settings.max_header_bytes,
+                    ssl_context=_ssl_context(settings),
+                )
+            else:
+                serving = partial(
                     worker_serve,  # hypercorn.trio.serve, with the sockets bound already
                     wrap_app(app, config.wsgi_max_body_size, "asgi"),
                     config,
                     sockets=sockets,
                     shutdown_trigger=drain_then_stop,
                 )
-            )
+            urls: list[str] = await server_nursery.start(serving)
+            if settings.fast_path:
+                logger.info("fast path on: trickle-trio's HTTP/1.1 server on %s", " ".join(urls))
+            else:
+                logger.info("fast path off: stock hypercorn on %s", " ".join(urls))
             url = urls[0] + state.base_path.rstrip("/")
             server = RunningServer(urls, url, registry, app, state, stop)
             try:
@@ -196,6 +214,16 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
             finally:
                 stop.set()
         channel_nursery.cancel_scope.cancel()
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for trickle-trio's own server: HTTP/1.1 only (it speaks no HTTP/2)."""
+    if settings.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.certfile, settings.keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 async def run_server(

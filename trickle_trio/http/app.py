@@ -24,7 +24,6 @@ from ..core import wire
 from ..core.errors import ChannelNotFoundError, LimitExceededError
 from ..core.routing import Kind, Route
 from ..registry import ChannelRegistry
-from . import fastpath
 from .guard import Guard
 from .hooks import HookFailed, HookRequest, run_hook
 from .live import live_status
@@ -271,8 +270,6 @@ def create_app(settings: Settings, registry: ChannelRegistry | None = None) -> Q
     if settings.watch_page:
         install_page(app, base)
     app.asgi_app = Guard(SegmentStreams(app.asgi_app, state), state)  # type: ignore[method-assign]
-    if settings.fast_path and fastpath.install():
-        fastpath.enable(app)
     return app
 
 

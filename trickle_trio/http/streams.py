@@ -27,7 +27,7 @@ from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..core.routing import Kind, Route
 from ..publishing import PublisherGone, PublishOutcome, SegmentWriter, TakeBody
-from .faststream import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
+from .extensions import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
 from .hooks import HookFailed, HookRequest, run_hook
 from .live import LIVE, LiveOptions, LiveQueryError, parse_live_query, serve_live
 from .responses import CLOSED, CONNECTION_CLOSE, header, send_error, send_response
