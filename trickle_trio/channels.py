@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import trio
 
-from .core import wire
+from .core.channel_state import ChannelState, Read
 from .core.errors import ChannelClosedError, LimitExceededError
 from .core.segment import SegmentState
-from .core.window import Window
 from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -54,12 +53,10 @@ class Segment(SegmentState):
     elsewhere.
     """
 
-    __slots__ = ("_changed", "_idle_writers", "_pushers", "evicted")
+    __slots__ = ("_changed", "_idle_writers", "_pushers")
 
     def __init__(self, seq: int) -> None:
         super().__init__(seq)
-        #: Closed because a later seq took its slot.
-        self.evicted = False
         # Created only when a reader waits: an append with nobody waiting costs nothing.
         self._changed: trio.Event | None = None
         self._idle_writers: set[trio.CancelScope] = set()
@@ -277,16 +274,9 @@ class ChannelLimits:
     preconnect_timeout: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class ReadResult:
-    """What a subscriber asked for resolved to: the segment (or None) and the metadata.
-
-    ``latest`` is the channel's next write seq at the time of the request.
-    """
-
-    seq: int
-    latest: int
-    segment: Segment | None
+#: What a subscriber's request resolved to (``seq``, ``latest`` = the channel's next write
+#: when asked, ``segment`` or None: missing).
+ReadResult = Read[Segment]
 
 
 class Channel:
@@ -311,14 +301,14 @@ class Channel:
         self.limits = limits if limits is not None else ChannelLimits()
         self.metrics = metrics if metrics is not None else _unshared_metrics()
         self.mime_type = mime_type
-        self.next_write = 0
         #: Bytes published to this channel so far (``/_status``; the watch page's rate).
         self.bytes_in = 0
         self.created_at = trio.current_time()
-        #: trio time of the last write (first byte of a segment, creation, empty segment).
-        self.write_time = self.created_at
-        self.closed = False
-        self.window: Window[Segment] = Window(wire.WINDOW)
+        #: The protocol's state and decisions (window, next write, write time).
+        self.state: ChannelState[Segment] = ChannelState(
+            Segment, self.created_at, on_evict=self._evicted
+        )
+        self.window = self.state.window
         self.subscribers = TaskScopes(
             name, self.limits.max_subscribers, "max_subscribers_per_channel"
         )
@@ -340,81 +330,62 @@ class Channel:
         state = "closed" if self.closed else "open"
         return f"<Channel {self.name!r} next_write={self.next_write} {state}>"
 
-    # -- decisions (sync on purpose) ---------------------------------------------------
+    @property
+    def next_write(self) -> int:
+        """The seq expected next (``ChannelState.next_write``; changed only there)."""
+        return self.state.next_write
 
-    def _put(self, segment: Segment) -> Segment:
-        evicted = self.window.put(segment)
-        if evicted is not None and evicted is not segment and not evicted.closed:
-            evicted.evicted = True  # its idle preconnects are let go without advancing
-            evicted.close()
-            self.metrics.segments["evicted"] += 1
-            logger.info(
-                "segment evicted channel=%s seq=%d bytes=%d", self.name, evicted.seq, evicted.size
-            )
-        return segment
+    @property
+    def write_time(self) -> float:
+        """trio time of the last write (creation, a first byte, an empty segment)."""
+        return self.state.write_time
+
+    @property
+    def closed(self) -> bool:
+        return self.state.closed
+
+    # -- decisions: ChannelState's, with the trio clock (sync on purpose) ----------------
+
+    def _evicted(self, segment: Segment) -> None:
+        self.metrics.segments["evicted"] += 1
+        logger.debug(
+            "segment evicted channel=%s seq=%d bytes=%d", self.name, segment.seq, segment.size
+        )
 
     def segment_for_write(self, seq: int, *, reset: bool = False) -> Segment:
-        """Find or make the segment a POST for ``seq`` (``-1`` = next write) appends to.
-
-        An open segment with that seq is reused (two POSTs to one open seq append, as in
-        the reference); a closed one is replaced by a fresh segment (a retry starts the
-        seq afresh; readers of the old one keep what they had). With ``reset``, every
-        segment in the window with a smaller seq is closed first.
+        """Find or make the segment a POST for ``seq`` (``-1`` = next write) appends to
+        (``ChannelState.segment_for_write``: an open segment with that seq is reused, a
+        closed one replaced by a fresh one; ``reset`` first closes every smaller seq).
 
         Raises:
             ChannelClosedError: the channel is closed.
         """
         if self.closed:
             raise ChannelClosedError(self.name)
-        if seq == wire.SEQ_NEXT:
-            seq = self.next_write
-        if seq < 0:
-            raise ValueError(f"cannot write seq {seq}")
-        if reset:
-            for segment in list(self.window):
-                if segment.seq < seq:
-                    segment.close()
-        existing = self.window.get(seq)
-        if existing is not None and not existing.closed:
-            return existing
-        return self._put(Segment(seq))
+        return self.state.segment_for_write(seq, reset=reset)
 
     def segment_for_read(self, seq: int) -> ReadResult:
-        """Resolve a GET for ``seq`` (``-1``/``-2``/``-N`` allowed).
-
-        The segment is precreated when the reader is just ahead of the writer (``seq ==
-        next_write``, or nothing written yet and ``seq == 1``) and the channel is open.
-        """
-        latest = self.next_write
-        seq = wire.resolve_read_seq(seq, latest)
-        segment = self.window.get(seq)
-        if segment is None and not self.closed and (seq == latest or (latest == 0 and seq == 1)):
-            segment = self._put(Segment(seq))
-            logger.debug("segment precreated channel=%s seq=%d", self.name, seq)
-        return ReadResult(seq, latest, segment)
+        """Resolve a GET for ``seq`` (``-1``/``-2``/``-N`` allowed), precreating the
+        segment when the reader is just ahead of the writer (``ChannelState``)."""
+        found = self.state.segment_for_read(seq)
+        if found.precreated:
+            logger.debug("segment precreated channel=%s seq=%d", self.name, found.seq)
+        return found
 
     def segment_in_window(self, seq: int) -> Segment | None:
         """The segment a ``DELETE /{ch}/{seq}`` means (``-N`` resolved), if present."""
-        return self.window.get(wire.resolve_read_seq(seq, self.next_write))
+        return self.state.segment_in_window(seq)
 
     def drop_segment(self, segment: Segment) -> None:  # sync on purpose
-        """``DELETE /{ch}/{seq}``: a publisher drops the segment; close it.
-
-        A dropped segment with no bytes at or past the live edge is an empty segment,
-        so, as for a zero-byte POST, ``next_write`` moves past it *before* its readers
-        wake: they see the fresh ``Lp-Trickle-Latest`` and a reader looping on ``-1``
-        is never handed the same empty segment again.
-        """
-        if not segment.closed and segment.size == 0 and segment.seq >= self.next_write:
-            self.next_write = segment.seq + 1
-            self.write_time = trio.current_time()
-        segment.close()
+        """``DELETE /{ch}/{seq}``: close the segment; one with no bytes at or past the
+        live edge moves ``next_write`` past it before its readers wake, so that a reader
+        looping on ``-1`` is never handed the same empty segment again."""
+        self.state.drop(segment, trio.current_time())
 
     def note_first_byte(self, seq: int) -> None:
         """The first byte of segment ``seq`` arrived: it is the live edge now (even if
         that moves ``next_write`` backwards: a restarted publisher wins)."""
-        self.next_write = seq + 1
-        self.write_time = trio.current_time()
+        self.state.first_byte(seq, trio.current_time())
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -466,10 +437,10 @@ class Channel:
         the subscribers' terminal responses have started (see :meth:`run`).
         """
         if not self.closed:
-            self.closed = True
+            segments = self.state.close()
             self.subscribers.close()
             self.publishers.close()
-            for segment in self.window:
+            for segment in segments:
                 segment.close(release_writers=False)
             if self._on_delete is not None:
                 self._on_delete(self)

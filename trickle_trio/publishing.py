@@ -195,22 +195,10 @@ class SegmentWriter:
     def finish(self, outcome: PublishOutcome) -> None:  # sync on purpose
         """Close the segment and apply the outcome's rule to ``next_write``."""
         channel, seq = self.channel, self.segment.seq
-        if not channel.closed:
-            if outcome is PublishOutcome.EMPTY:
-                # go-livepeer PR #3824: an empty segment is a segment; the next one is next.
-                channel.next_write = seq + 1
-                channel.write_time = trio.current_time()
-            elif (
-                outcome is PublishOutcome.RELEASED
-                and seq >= channel.next_write
-                and not self.segment.evicted
-            ):
-                # A publisher dropped its segment (DELETE of the seq): the next is next.
-                # Never backwards (an old preconnect released by a reset must not drag
-                # subscribers back), and not for an eviction (a flood of far-ahead
-                # preconnects must not move the live edge).
-                channel.next_write = seq + 1
-                channel.write_time = trio.current_time()
+        if outcome is PublishOutcome.EMPTY:
+            channel.state.ended_empty(seq, trio.current_time())
+        elif outcome is PublishOutcome.RELEASED:
+            channel.state.released(self.segment, trio.current_time())
         if outcome is not PublishOutcome.TIMED_OUT:
             self.segment.close()
         metrics = self.metrics

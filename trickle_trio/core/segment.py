@@ -16,13 +16,16 @@ from __future__ import annotations
 class SegmentState:
     """The bytes of segment ``seq`` and whether it has ended."""
 
-    __slots__ = ("_joined", "chunks", "closed", "seq", "size")
+    __slots__ = ("_joined", "chunks", "closed", "evicted", "seq", "size")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.chunks: list[bytes] = []
         self.size = 0
         self.closed = False
+        #: Closed because a later seq took its slot (its idle writers are let go without
+        #: moving the channel's next write).
+        self.evicted = False
         # (index, chunks[index:] joined) for the current chunk count; see view_from.
         self._joined: tuple[int, bytes] | None = None
 

@@ -237,7 +237,7 @@ async def serve_publisher(
         answered_seq = seq
         with scope:
             read_chunk = _body_reader(receive)
-            if _would_evict_far_ahead(channel, seq):
+            if channel.state.parks(seq):
                 # Far ahead of the live edge, where it would push a segment out of the
                 # window: no segment until the body's first byte (a flood of idle
                 # far-ahead preconnects must not evict the channel's readable segments).
@@ -251,15 +251,6 @@ async def serve_publisher(
                 answered_seq = writer.seq
                 outcome = await writer.pump(read_chunk, take_body)
         await _answer_publisher(send, channel, answered_seq, outcome)
-
-
-def _would_evict_far_ahead(channel: Channel, seq: int) -> bool:
-    """True for a POST more than one seq past ``next_write`` whose slot holds another
-    segment (a preconnect's seq is at most ``next_write + 1``)."""
-    if seq <= channel.next_write + 1:
-        return False
-    holder = channel.window.holder(seq)
-    return holder is not None and holder.seq != seq
 
 
 async def _wait_first_byte(read_chunk: Any, channel: Channel) -> Any:
