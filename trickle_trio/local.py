@@ -23,7 +23,7 @@ from .core.errors import (
     LimitExceededError,
     SegmentNotFoundError,
 )
-from .publishing import PublisherGone, PublishOutcome, SegmentWriter
+from .publishing import PublisherGone, PublishOutcome, SegmentWriter, write_whole
 
 if TYPE_CHECKING:
     from .registry import ChannelRegistry
@@ -64,15 +64,10 @@ class LocalPublisher:
             ChannelNotFoundError, ChannelClosedError: no channel to write to.
         """
         channel = self._channel()
-        writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
         try:
-            if data:
-                writer.write(data)
+            return write_whole(channel, data, seq=seq, reset=reset)
         except SegmentWriter.TooLarge:
-            writer.finish(PublishOutcome.TOO_LARGE)
             raise _too_large(channel) from None
-        writer.finish(PublishOutcome.COMPLETE if data else PublishOutcome.EMPTY)
-        return writer.seq
 
     async def write(
         self,

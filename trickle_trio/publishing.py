@@ -21,7 +21,7 @@ from .channels import Channel, Segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter", "TakeBody"]
+__all__ = ["PublishOutcome", "PublisherGone", "SegmentWriter", "TakeBody", "write_whole"]
 
 
 class PublishOutcome(enum.Enum):
@@ -261,3 +261,22 @@ class _Sink:
 
 
 _ORDINARY = frozenset({PublishOutcome.COMPLETE, PublishOutcome.EMPTY, PublishOutcome.RELEASED})
+
+
+def write_whole(channel: Channel, data: bytes, *, seq: int = -1, reset: bool = False) -> int:
+    """Write one whole segment from ``data`` at once (sync); return its seq.
+
+    Raises:
+        ChannelClosedError: the channel is closed.
+        SegmentWriter.TooLarge: ``data`` is over ``max_segment_bytes`` (the segment is
+            closed at the limit).
+    """
+    writer = SegmentWriter(channel, channel.segment_for_write(seq, reset=reset))
+    try:
+        if data:
+            writer.write(data)
+    except _TooLarge:
+        writer.finish(PublishOutcome.TOO_LARGE)
+        raise
+    writer.finish(PublishOutcome.COMPLETE if data else PublishOutcome.EMPTY)
+    return writer.seq

@@ -5,24 +5,24 @@ once (a later request is answered as for a channel that never existed), while th
 channel itself, *retired*, finishes its ordered teardown in its own task and keeps the
 buffers its remaining readers are taking (counted: ``channels_retired``,
 ``retained_bytes``; retired channels count towards ``max_channels``). The idle sweep
-deletes channels nobody wrote to, and the changefeed (``_changes``) records one
-addition and one removal per channel through the in-process publisher.
+deletes channels nobody wrote to. Every creation and every deletion is one change event
+for the listeners (``add_listener``); the changefeed (``changefeed.Changefeed``) is one.
 
-Imports: trio, ``config``, ``core``, ``metrics``, ``channels`` and ``local``.
+Imports: trio, ``config``, ``core``, ``metrics``, ``channels`` and ``changefeed``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 
 import trio
 
+from .changefeed import Changefeed
 from .channels import Channel, ChannelLimits
 from .config import Settings
 from .core import wire
 from .core.errors import ChannelNotFoundError, LimitExceededError
-from .local import LocalPublisher
 from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,12 @@ class ChannelRegistry:
         self._retired: set[Channel] = set()
         self.metrics = ServerMetrics()
         self.metrics.bind(self.gauges)
-        self._changefeed = changefeed
+        #: Called with ("added" | "removed", name) once per channel created / deleted.
+        self._listeners: list[Callable[[str, str], None]] = []
         if changefeed:
-            self.create(wire.CHANGEFEED_CHANNEL, "application/json")
+            feed = Changefeed(self)
+            self._listeners.append(feed)
+            feed.start()
 
     @classmethod
     def from_settings(cls, nursery: trio.Nursery, settings: Settings) -> ChannelRegistry:
@@ -224,10 +227,11 @@ class ChannelRegistry:
             await trio.sleep(sweep_interval)
             await self.sweep(idle_timeout)
 
+    def add_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener("added" | "removed", name)`` (sync) once for every channel
+        created and every channel deleted from now on."""
+        self._listeners.append(listener)
+
     def _post_change(self, kind: str, name: str) -> None:
-        """Write ``{"added": [name]}`` / ``{"removed": [name]}`` to the changefeed."""
-        feed = self._channels.get(wire.CHANGEFEED_CHANNEL)
-        if not self._changefeed or feed is None or feed.closed:
-            return
-        event = json.dumps({kind: [name]}, separators=(",", ":")).encode()
-        LocalPublisher(self, feed.name).write_nowait(event)
+        for listener in self._listeners:
+            listener(kind, name)
