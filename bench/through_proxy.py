@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trickle_trio.client.cli import HelpFormatter
-from trickle_trio.cluster import free_port
+from trickle_trio.ops.processes import free_port
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -25,16 +25,10 @@ import h11
 import pytest
 import trio
 
-from trickle_trio.cluster import (
-    ClusterOptions,
-    _start_backends,
-    channel_field,
-    die_with_parent,
-    find_haproxy,
-)
-from trickle_trio.cluster import (
-    Shard as ClusterShard,
-)
+from trickle_trio.ops.cluster import ClusterOptions, _start_backends
+from trickle_trio.ops.haproxy import Shard as ClusterShard
+from trickle_trio.ops.haproxy import channel_field, find_haproxy
+from trickle_trio.ops.processes import die_with_parent
 
 from .sockets import POLL_INTERVAL, Conn, Reply, call, connect, until
 from .test_deployments import free_port

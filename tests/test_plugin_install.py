@@ -140,7 +140,7 @@ def test_without_trio_mode_the_failure_says_what_to_set(user_venv: Path, tmp_pat
 def test_the_wheel_carries_the_entry_point_and_the_proxy_template(user_venv: Path) -> None:
     python = user_venv / "bin" / "python"
     probe = (
-        "import importlib.metadata as m, trickle_trio.cluster as c;"
+        "import importlib.metadata as m, trickle_trio.ops.haproxy as c;"
         "print(sorted((e.group, e.name, e.value) for e in m.distribution('trickle-trio')"
         ".entry_points)); print(c.TEMPLATE.is_file())"
     )

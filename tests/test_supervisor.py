@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from trickle_trio.supervisor import STABLE_AFTER, StartFailed, Supervisor
+from trickle_trio.ops.supervisor import STABLE_AFTER, StartFailed, Supervisor
 
 _pids = itertools.count(100)
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import trio
 
-from . import __version__, cluster
+from . import __version__
 from .client.cli import CLIENT_COMMANDS, HelpFormatter, add_client_commands, run_client_command
 from .config import Settings, SettingsError, load_settings
 from .logs import configure_logging
+from .ops import cluster, cluster_cli
+from .ops.haproxy import ClusterError
 from .server import BindError, bind_sockets, run_server
 
 logger = logging.getLogger("trickle_trio")
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trickle-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
-    cluster.add_parser(sub)
+    cluster_cli.add_parser(sub)
     add_client_commands(sub)
     return parser
 
@@ -228,12 +230,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     configure_logging(Settings(log_level=args.log_level))
     try:
-        options = cluster.options_from_args(args)
+        options = cluster_cli.options_from_args(args)
         if args.print_config:
-            sys.stdout.write(cluster.config_for_backends(options))
+            sys.stdout.write(cluster_cli.config_for_backends(options))
             return 0
         return trio.run(cluster.run_cluster, options)
-    except cluster.ClusterError as exc:
+    except ClusterError as exc:
         print(f"trickle-trio cluster: {exc}", file=sys.stderr)
         return 1
 

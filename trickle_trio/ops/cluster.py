@@ -30,96 +30,41 @@ orders the shutdown) and are sent SIGTERM by the kernel if this process dies
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import trio
 
-from .client.cli import HelpFormatter
-from .core.wire import normalize_base_path
+from ..core.wire import normalize_base_path
+from .haproxy import (
+    BIND_ATTEMPTS,
+    DEFAULT_LONGEST_IDLE,
+    DRAIN_TIMEOUT,
+    PROXY_EXIT_TIMEOUT,
+    STARTUP_TIMEOUT,
+    TEMPLATE,
+    ClusterError,
+    Shard,
+    duration,
+    find_haproxy,
+    render_config,
+)
+from .processes import Child, free_port, wait_answering
 from .supervisor import StartFailed, Supervisor
 
 logger = logging.getLogger(__name__)
-
-#: The HAProxy config template (package data: an installed wheel has it too).
-TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg.in"
-#: How long backends and the proxy may take to answer after they are started.
-STARTUP_TIMEOUT = 30.0
-#: How long one readiness probe may take (something else may hold the port, mute).
-PROBE_TIMEOUT = 1.0
-#: How often a backend is started on a fresh port when its first one was taken meanwhile.
-BIND_ATTEMPTS = 3
-#: How long backends may take to drain (teardown grace + graceful timeout, with room).
-DRAIN_TIMEOUT = 30.0
-#: How long HAProxy may take to exit once the backends are gone, before a hard stop.
-PROXY_EXIT_TIMEOUT = 5.0
-#: HAProxy's own bound on a soft stop (``hard-stop-after``), a safety net.
-HARD_STOP_AFTER = "60s"
-#: The longest a trickle request idles by design with the backends' defaults:
-#: ``idle_timeout`` (300 s) + ``sweep_interval`` (60 s).
-DEFAULT_LONGEST_IDLE = 360.0
-_PR_SET_PDEATHSIG = 1
-
-
-class ClusterError(Exception):
-    """The cluster cannot start or go on; the message is one line, fit for a CLI."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One backend as HAProxy sees it: name ``b<id>``, address, and its ring ``id``.
-
-    HAProxy's consistent-hash ring depends on the ids (and weights) only, so a channel's
-    shard is a function of its name and the set of ids, whatever the addresses.
-    """
-
-    id: int
-    host: str
-    port: int
-
-    @property
-    def name(self) -> str:
-        return f"b{self.id}"
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    @classmethod
-    def parse(cls, spec: str, default_id: int) -> Shard:
-        """``[ID=]HOST:PORT`` (``[v6]:PORT`` for IPv6); the id defaults to the position."""
-        ident, sep, address = spec.rpartition("=")
-        host, _, port = address.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        try:
-            shard = cls(int(ident) if sep else default_id, host, int(port))
-        except ValueError:
-            shard = None
-        if shard is None or not host or shard.id < 1 or not 0 < shard.port < 65536:
-            raise ClusterError(f"--backend wants [ID=]HOST:PORT with ID >= 1, not {spec!r}")
-        return shard
 
 
 @dataclass(frozen=True)
@@ -164,236 +109,6 @@ class ClusterInfo:
 
 
 # --- the config --------------------------------------------------------------------------
-
-
-def channel_field(base_path: str) -> int:
-    """The ``field(N,/)`` index of the channel name in a request path under ``base_path``.
-
-    ``/cam/0`` splits into ``"", "cam", "0"``: field 2; each base path segment adds one.
-    """
-    return 2 + len([part for part in base_path.split("/") if part])
-
-
-def _duration(seconds: float) -> str:
-    """HAProxy's time syntax, in whole seconds when exact."""
-    return f"{int(seconds)}s" if seconds == int(seconds) else f"{round(seconds * 1000)}ms"
-
-
-def render_config(
-    shards: Sequence[Shard],
-    *,
-    bind: str,
-    base_path: str = "/",
-    stream_timeout: float = 3600.0,
-    template: Path = TEMPLATE,
-    readiness: str | None = None,
-) -> str:
-    """The HAProxy config for ``shards``, listening on ``bind`` (``HOST:PORT``).
-
-    ``readiness`` (``HOST:PORT``): where the proxy's ``/readyz`` is answered (the
-    cluster's :class:`~trickle_trio.supervisor.Supervisor`, which knows which shards are
-    down); without it the proxy answers ``ready`` itself while it runs.
-
-    Raises:
-        ClusterError: the template cannot be read, or two shards share an id.
-    """
-    if len({shard.id for shard in shards}) != len(shards):
-        raise ClusterError("two backends have the same id")
-    try:
-        text = template.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ClusterError(f"cannot read the HAProxy template {template}: {exc.strerror}") from None
-    base = normalize_base_path(base_path)
-
-    def paths(name: str) -> str:
-        return " ".join(dict.fromkeys([f"/{name}", f"{base}{name}"]))
-
-    rules = (
-        f"    use-server {shard.name} if {{ var(txn.shard) -m str {shard.name} }}"
-        for shard in shards
-    )
-    servers = (f"    server {shard.name} {shard.address} id {shard.id}" for shard in shards)
-    if readiness is None:
-        readyz_rule = (
-            "    http-request return status 200 content-type text/plain "
-            f'string "ready\\n" if {{ path {paths("readyz")} }}'
-        )
-        readiness_route = readiness_backend = ""
-    else:
-        readyz_rule = "    # /readyz: the cluster's supervisor says which shards are down (below)"
-        readiness_route = (
-            f"    use_backend readiness if {{ path {paths('readyz')} }}"
-            " !{ var(txn.shard) -m found }"
-        )
-        readiness_backend = (
-            "\n# `trickle-trio cluster`'s supervisor: 200 ready, or 503 degraded: <shards> down.\n"
-            f"backend readiness\n    server supervisor {readiness}"
-        )
-    return Template(text).substitute(
-        bind=bind,
-        hard_stop_after=HARD_STOP_AFTER,
-        stream_timeout=_duration(stream_timeout),
-        per_shard_path="%[path]" if base == "/" else f"%[path,regsub(^{base},/)]",
-        healthz_paths=paths("healthz"),
-        readyz_paths=paths("readyz"),
-        per_shard_paths=f"{paths('metrics')} {paths('_status')}",
-        page_paths=paths("_/watch"),
-        readyz_rule=readyz_rule,
-        readiness_route=readiness_route,
-        readiness_backend=readiness_backend,
-        changes_path=f"{base}_changes",
-        shard_names=" ".join(shard.name for shard in shards),
-        channel_field=channel_field(base),
-        use_server_rules="\n".join(rules),
-        servers="\n".join(servers),
-    )
-
-
-def find_haproxy(explicit: str | None = None) -> str | None:
-    """The HAProxy binary: ``explicit``, else on PATH, else in the usual sbin folders."""
-    candidates = (
-        [explicit]
-        if explicit
-        else [shutil.which("haproxy"), "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-    )
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking the kernel for SIGTERM when this process dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # we died before the request took effect
-            os._exit(1)
-
-    return hook
-
-
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session with its output appended to ``log_path``.
-
-    Synchronous on purpose: PR_SET_PDEATHSIG fires when the *thread* that forked exits,
-    and ``trio.run_process`` forks from a worker thread that may retire at any time; this
-    runs on the thread of ``trio.run``, which lives as long as the cluster.
-    """
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),  # only prctl, resolved before the fork
-        )
-
-
-class Child:
-    """A process the cluster started: a backend or the proxy."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.popen = _spawn(argv, log_path)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def send_signal(self, signum: int) -> None:
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signum)
-
-    async def wait(self) -> int:
-        """Wait for the process to exit (without blocking trio); its exit status."""
-        if self.popen.returncode is None:
-            pidfd_open: Callable[[int], int] | None = getattr(os, "pidfd_open", None)
-            try:
-                fd = pidfd_open(self.popen.pid) if pidfd_open is not None else None
-            except OSError:  # pragma: no cover - a kernel before 5.3
-                fd = None
-            if fd is None:  # pragma: no cover - not Linux
-                while self.running:  # ruff: ignore[async-busy-wait] - no exit notification
-                    await trio.sleep(0.05)
-            else:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                finally:
-                    os.close(fd)
-        return self.popen.wait()
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-
-async def http_status(host: str, port: int, path: str) -> int:
-    """The status code of ``GET path`` on a fresh connection.
-
-    Raises:
-        OSError: no connection, or it closed before a status line.
-    """
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        await stream.send_all(request.encode("ascii"))
-        head = b""
-        while b"\r\n" not in head:
-            data = await stream.receive_some(4096)
-            if not data:
-                raise OSError("connection closed before the status line")
-            head += data
-    try:
-        return int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        raise OSError(f"not an HTTP status line: {head[:40]!r}") from None
-
-
-async def _wait_answering(child: Child, host: str, port: int, path: str) -> None:
-    """Poll ``GET path`` until it answers 200; fail if ``child`` exits meanwhile."""
-    while True:
-        if not child.running:
-            raise ClusterError(
-                f"{child.name} exited with status {child.popen.returncode} while starting: "
-                f"{child.log_tail() or child.log_path}"
-            )
-        with contextlib.suppress(OSError), trio.move_on_after(PROBE_TIMEOUT):
-            if await http_status(host, port, path) == 200:
-                return
-        await trio.sleep(0.05)
-
-
-# --- the cluster -------------------------------------------------------------------------
 
 
 def _backend_argv(options: ClusterOptions, shard: Shard) -> list[str]:
@@ -471,7 +186,7 @@ async def _start_backends(
         for attempt in range(1, BIND_ATTEMPTS + 1):
             shard = shards[index]
             try:
-                await _wait_answering(backends[index], shard.host, shard.port, "/healthz")
+                await wait_answering(backends[index], shard.host, shard.port, "/healthz")
                 break
             except ClusterError:
                 child = backends[index]
@@ -573,7 +288,7 @@ async def _run(
                 proxy = Child("haproxy", argv, run_dir / "haproxy.log")
                 for shard in shards:
                     path = f"/_shard/{shard.name}/healthz"
-                    await _wait_answering(proxy, options.host, port, path)
+                    await wait_answering(proxy, options.host, port, path)
             info = _announce(options, run_dir, version, proxy, shards, backends)
             supervisor.on_change = partial(_write_state, info, proxy, supervisor)
             task_status.started(info)
@@ -615,7 +330,7 @@ def _supervisor(
     async def wait_serving(index: int, child: Child) -> None:
         shard = shards[index]
         try:
-            await _wait_answering(child, shard.host, shard.port, "/healthz")
+            await wait_answering(child, shard.host, shard.port, "/healthz")
         except ClusterError as exc:
             raise StartFailed(str(exc)) from None
 
@@ -667,7 +382,7 @@ def _announce(
         url,
         len(shards),
         version,
-        _duration(options.stream_timeout),
+        duration(options.stream_timeout),
         "on" if options.autocreate else "off",
         run_dir,
     )
@@ -735,143 +450,3 @@ async def _stop(proxy: Child | None, backends: list[Child]) -> None:
 
 
 # --- command line ------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
-
-
-CLUSTER_DESCRIPTION = """\
-Run several trickle-trio serve processes behind HAProxy on one machine: HAProxy hashes
-each request's channel name onto one backend, so every request of a channel reaches the
-process that owns it. One backend per core; HAProxy needs some CPU too. SIGTERM or
-Ctrl-C stops HAProxy accepting, drains every backend, then stops. A backend that exits
-is restarted, with backoff; meanwhile the proxy's /readyz answers 503 and names it.
-
-With --print-config it only prints the HAProxy config for remote backends (--backend),
-to run HAProxy on a proxy machine of its own. Needs HAProxy (apt-get install haproxy).
-"""
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``cluster`` on the ``trickle-trio`` subcommands."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "cluster",
-        help="run N servers behind HAProxy, channels sharded by name",
-        description=CLUSTER_DESCRIPTION,
-        formatter_class=HelpFormatter,
-    )
-    add = parser.add_argument
-    add("--workers", type=_positive_int, default=2, help="backend processes (default 2)")
-    add("--host", default="127.0.0.1", help="address the proxy binds (default 127.0.0.1)")
-    add("--port", type=int, default=2939, help="port the proxy binds (default 2939; 0 = any)")
-    add("--base-path", default="/", help="path prefix of every route (default /)")
-    add(
-        "--autocreate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="create channels on first publish",
-    )
-    add(
-        "--changefeed",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="a _changes channel per shard (default off)",
-    )
-    add(
-        "--idle-timeout",
-        type=float,
-        help="seconds before idle channels go, on every backend (default 300)",
-    )
-    add(
-        "--config",
-        help="TOML settings file for every backend, as serve --config (default: none)",
-    )
-    add(
-        "--stream-timeout",
-        type=float,
-        default=3600.0,
-        help="HAProxy's idle timeout for streams, above idle-timeout + sweep (default 3600)",
-    )
-    add("--run-dir", help="keep config, logs and cluster.json here (default: a temp dir)")
-    add("--haproxy", help="the HAProxy binary (default: haproxy on PATH or in /usr/sbin)")
-    add("--template", default=str(TEMPLATE), help="HAProxy config template")
-    add(
-        "--restart",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="restart a backend that exits (default on)",
-    )
-    add(
-        "--restart-delay",
-        type=float,
-        metavar="SECONDS",
-        default=0.5,
-        help="seconds before the first restart; doubles after each failed start (default 0.5)",
-    )
-    add(
-        "--restart-delay-max",
-        type=float,
-        metavar="SECONDS",
-        default=30.0,
-        help="the longest wait between restarts (default 30)",
-    )
-    add("--log-level", default="info", help="debug, info, warning, error (default info)")
-    add(
-        "--print-config",
-        action="store_true",
-        help="print the HAProxy config for the --backend list and exit",
-    )
-    add(
-        "--backend",
-        action="append",
-        default=[],
-        metavar="[ID=]HOST:PORT",
-        help="a remote backend for --print-config, repeatable (ids default to 1, 2, ...)",
-    )
-    return parser
-
-
-def options_from_args(args: argparse.Namespace) -> ClusterOptions:
-    """The options of a parsed ``cluster`` command line."""
-    backends = tuple(Shard.parse(spec, i) for i, spec in enumerate(args.backend, start=1))
-    if args.print_config and not backends:
-        raise ClusterError("--print-config needs at least one --backend HOST:PORT")
-    if not 0 <= args.port <= 65535:
-        raise ClusterError(f"port must be 0..65535, not {args.port}")
-    if not 0 < args.restart_delay <= args.restart_delay_max:
-        raise ClusterError("--restart-delay wants 0 < delay <= --restart-delay-max")
-    return ClusterOptions(
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        base_path=args.base_path,
-        autocreate=args.autocreate,
-        changefeed=args.changefeed,
-        idle_timeout=args.idle_timeout,
-        config=args.config,
-        stream_timeout=args.stream_timeout,
-        run_dir=args.run_dir,
-        haproxy=args.haproxy,
-        template=Path(args.template),
-        log_level=args.log_level,
-        restart=args.restart,
-        restart_delay=args.restart_delay,
-        restart_delay_max=args.restart_delay_max,
-        backends=backends,
-    )
-
-
-def config_for_backends(options: ClusterOptions) -> str:
-    """``--print-config``: the HAProxy config for the remote ``options.backends``."""
-    host = f"[{options.host}]" if ":" in options.host else options.host
-    return render_config(
-        options.backends,
-        bind=f"{host}:{options.port}",
-        base_path=options.base_path,
-        stream_timeout=options.stream_timeout,
-        template=options.template,
-    )
