@@ -13,6 +13,9 @@ from trickle_trio.registry import ChannelRegistry
 
 from .helpers import request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 PUB = "publish-token-0123456789"
 SUB = "subscribe-token-0123456789"
 

@@ -16,6 +16,9 @@ from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError, L
 from trickle_trio.publishing import PublisherGone, PublishOutcome, SegmentWriter
 from trickle_trio.registry import ChannelRegistry
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 def chunk_source(*chunks: bytes | type[Exception] | None):  # type: ignore[no-untyped-def]
     """A read_chunk callable: yields the given chunks; None = end; an exception = raise."""

@@ -53,6 +53,9 @@ from trickle_trio.http.app import create_app
 from trickle_trio.registry import ChannelRegistry
 from trickle_trio.testing import Exchange
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 WITNESS = "witness"
 PUBLISH_TOKEN = "publish-token-0123456789"
 SUBSCRIBE_TOKEN = "subscribe-token-0123456789"

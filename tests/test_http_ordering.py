@@ -18,6 +18,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 MAX_REQUESTS = 50
 
 

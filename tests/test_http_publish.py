@@ -14,6 +14,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 async def test_publish_streams_each_chunk_to_a_subscriber_as_it_arrives(trickle_app: Any) -> None:
     async with (

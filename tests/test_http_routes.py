@@ -16,6 +16,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 def app_with(registry: ChannelRegistry, **settings: Any) -> Any:
     return create_app(Settings(**settings), registry)

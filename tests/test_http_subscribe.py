@@ -13,6 +13,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 async def test_headers_go_out_only_with_the_first_byte(trickle_app: Any) -> None:
     await request(trickle_app, "POST", "/cam", headers=[("Expect-Content", "video/mp2t")])

@@ -18,6 +18,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 def app_for(nursery: trio.Nursery, **overrides: Any) -> tuple[Any, ChannelRegistry]:
     settings = Settings(autocreate=True, **overrides)

@@ -18,6 +18,9 @@ from trickle_trio.testing import Exchange, open_exchange
 from .helpers import publish, request
 from .sockets import call, connect
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 async def _create(app: Any, name: str = "cam", mime: str = "video/mp2t") -> None:
     response = await request(app, "POST", f"/{name}", headers=[("Expect-Content", mime)])

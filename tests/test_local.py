@@ -20,6 +20,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 async def test_write_bytes_and_read_with_metadata(trickle_registry: ChannelRegistry) -> None:
     pub = LocalPublisher(trickle_registry, "events", "application/json")

@@ -19,6 +19,9 @@ from trickle_trio.testing import open_exchange
 
 from .helpers import fetch, publish, request
 
+#: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
+pytestmark = pytest.mark.deadline
+
 
 def metric(text: str, name: str) -> float:
     """The value of one sample line of a Prometheus exposition."""
