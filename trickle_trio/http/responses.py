@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypercorn.typing import ASGISendCallable
 
 from ..core import wire
+
+if TYPE_CHECKING:
+    from ..channels import Channel
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -61,3 +64,14 @@ async def send_error(
             (b"x-content-type-options", b"nosniff"),
         ],
     )
+
+
+async def refuse(
+    send: ASGISendCallable,
+    channel: Channel,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer an error the way Go's ``http.Error`` does, and count it."""
+    await send_error(send, status, message, headers or (), counts=channel.metrics.responses)
