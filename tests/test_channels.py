@@ -11,10 +11,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from trickle_trio.channels import Channel, ChannelLimits, Segment, TaskScopes
+from trickle_trio.channels import Channel, ChannelLimits
 from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError, LimitExceededError
+from trickle_trio.leases import TaskScopes
 from trickle_trio.publishing import PublisherGone, PublishOutcome, SegmentWriter
 from trickle_trio.registry import ChannelRegistry
+from trickle_trio.segment import Segment
 
 #: In-process tests fail at a deadline instead of hanging (tests/conftest.py).
 pytestmark = pytest.mark.deadline

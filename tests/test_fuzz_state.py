@@ -66,10 +66,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from trickle_trio.channels import Channel, Segment
+from trickle_trio.channels import Channel
 from trickle_trio.core.errors import ChannelClosedError, ChannelNotFoundError
 from trickle_trio.publishing import PublisherGone, PublishOutcome, SegmentWriter
 from trickle_trio.registry import ChannelRegistry
+from trickle_trio.segment import Segment
 
 WINDOW = 5
 IDLE_TIMEOUT = 10.0

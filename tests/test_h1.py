@@ -24,13 +24,13 @@ import h11
 import pytest
 import trio
 
-from trickle_trio.channels import Segment
 from trickle_trio.config import Settings
 from trickle_trio.core.segment import SegmentState
 from trickle_trio.h1 import connection as h1_connection
 from trickle_trio.h1.connection import Connection, ServerContext
 from trickle_trio.h1.reactor import current_reactor
 from trickle_trio.http import subscribe as streams
+from trickle_trio.segment import Segment
 from trickle_trio.server import RunningServer, open_server
 
 from .sockets import call, connect, until

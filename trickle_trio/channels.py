@@ -1,4 +1,4 @@
-"""Channels on trio, without HTTP: Segment, TaskScopes, Channel.
+"""Channels on trio, without HTTP: Channel, its limits, its task and teardown.
 
 Ownership:
 - ``registry.ChannelRegistry`` owns a nursery (lent by ``run_server``, or by a test).
@@ -18,248 +18,26 @@ Nothing here blocks while holding state: ``append``/``close`` and the window dec
 are sync, so a decision and the state change it makes are never separated by a
 checkpoint.
 
-Imports: trio, ``trickle_trio.core`` and ``trickle_trio.metrics`` (plain counters).
+Imports: trio, ``core``, ``segment``, ``leases`` and ``metrics`` (plain counters).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from .core.channel_state import ChannelState, Read
-from .core.errors import ChannelClosedError, LimitExceededError
-from .core.segment import SegmentState
+from .core.errors import ChannelClosedError
+from .leases import TaskScopes
 from .metrics import ServerMetrics
+from .segment import Segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Channel", "ChannelLimits", "ReadResult", "Segment", "TaskScopes"]
-
-#: A reader parked in ``Segment.push_while``: its callback and its task.
-_Pusher = tuple[Callable[[bytes], bool], trio.lowlevel.Task]
-
-
-class Segment(SegmentState):
-    """A segment's bytes plus the wake-ups: readers waiting for bytes, idle writers.
-
-    Readers park in :meth:`wait_chunks`, or hand a callback to :meth:`push_while` that
-    gets each new chunk from the appending task itself. A preconnected publisher that has
-    not sent a byte registers a cancel scope (:meth:`idle_writer`); closing the segment
-    cancels it, which is how an idle POST is released when its segment is closed from
-    elsewhere.
-    """
-
-    __slots__ = ("_changed", "_idle_writers", "_pushers")
-
-    def __init__(self, seq: int) -> None:
-        super().__init__(seq)
-        # Created only when a reader waits: an append with nobody waiting costs nothing.
-        self._changed: trio.Event | None = None
-        self._idle_writers: set[trio.CancelScope] = set()
-        # (push, task) of the readers parked in push_while, in arrival order.
-        self._pushers: list[_Pusher] = []
-
-    def append(self, data: bytes) -> bool:  # sync on purpose: never a checkpoint
-        """Append a chunk and wake readers; False if closed (the bytes are discarded)."""
-        if not super().append(data):
-            return False
-        if not data:
-            return True  # nothing new to read
-        if self._pushers:
-            self._push(data)
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
-        return True
-
-    def _push(self, data: bytes) -> None:
-        pushers = self._pushers
-        kept: list[_Pusher] | None = None  # built only once a reader stops (rare)
-        for i, entry in enumerate(pushers):
-            if not entry[0](data):
-                trio.lowlevel.reschedule(entry[1])
-                if kept is None:
-                    kept = pushers[:i]
-            elif kept is not None:
-                kept.append(entry)
-        if kept is not None:
-            self._pushers = kept
-
-    def close(self, *, release_writers: bool = True) -> bool:  # sync on purpose
-        """Close: readers reach the end and, unless told otherwise, idle writers are
-        released. False if it was closed already."""
-        if not super().close():
-            if release_writers:
-                self.release_idle_writers()
-            return False
-        pushers, self._pushers = self._pushers, []
-        for _, task in pushers:
-            trio.lowlevel.reschedule(task)
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
-        if release_writers:
-            self.release_idle_writers()
-        return True
-
-    def release_idle_writers(self) -> None:  # sync on purpose
-        """Let go of every preconnected publisher waiting on this segment."""
-        for scope in self._idle_writers:
-            scope.cancel()
-        self._idle_writers.clear()
-
-    @property
-    def idle_writers(self) -> int:
-        """Preconnected publishers waiting on this segment without having sent a byte."""
-        return len(self._idle_writers)
-
-    async def wait_readable(self, index: int) -> bool:
-        """Wait until there are chunks from ``index`` on (True) or the segment ended
-        with none left there (False).
-
-        Cancellation: atomic; raises Cancelled and leaves the segment unchanged.
-        """
-        if index < len(self.chunks) or self.closed:
-            await trio.lowlevel.checkpoint()
-        while index >= len(self.chunks) and not self.closed:
-            changed = self._changed
-            if changed is None:
-                changed = self._changed = trio.Event()
-            await changed.wait()
-        return index < len(self.chunks)
-
-    async def push_while(self, index: int, push: Callable[[bytes], bool]) -> None:
-        """Call ``push(chunk)`` for every chunk appended from now on, until it returns
-        False or the segment closes; then return.
-
-        ``index`` is the caller's position: if chunks from ``index`` on exist already
-        (or the segment is closed) this returns at once. ``push`` runs synchronously in
-        the appending task, inside :meth:`append`; it must not raise, and the caller
-        keeps its own count of what it took. This is how a subscriber writes each chunk
-        to its socket without being woken: one task switch less per chunk.
-
-        Cancellation: atomic; ``push`` is not called after Cancelled is raised.
-        """
-        if index < len(self.chunks) or self.closed:
-            await trio.lowlevel.checkpoint()
-            return
-        entry = (push, trio.lowlevel.current_task())
-        self._pushers.append(entry)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._pushers = [other for other in self._pushers if other is not entry]
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def wait_chunks(self, index: int) -> list[bytes]:
-        """The chunks from ``index`` on, waiting for at least one; ``[]`` = ended.
-
-        Cancellation: atomic; raises Cancelled and leaves the segment unchanged.
-        """
-        if index < len(self.chunks) or self.closed:
-            await trio.lowlevel.checkpoint()
-        while index >= len(self.chunks) and not self.closed:
-            changed = self._changed
-            if changed is None:
-                changed = self._changed = trio.Event()
-            await changed.wait()
-        return self.chunks[index:]
-
-    @contextmanager
-    def idle_writer(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope that closing this segment cancels (enter it yourself)."""
-        scope = trio.CancelScope()
-        if self.closed:
-            scope.cancel()
-        else:
-            self._idle_writers.add(scope)
-        try:
-            yield scope
-        finally:
-            self._idle_writers.discard(scope)
-
-
-class TaskScopes:
-    """Cancel scopes lent to request handlers, so that a channel can cancel them all.
-
-    A handler takes a lease for as long as it serves the channel, *including* its final
-    response; the channel cancels the scope (the handler enters it around its waiting)
-    and waits until every lease has been returned.
-    """
-
-    def __init__(self, channel_name: str, limit: int = 0, limit_name: str = "") -> None:
-        self._channel_name = channel_name
-        self._limit = limit
-        self._limit_name = limit_name
-        self._scopes: set[trio.CancelScope] = set()
-        self._drained = trio.Event()
-        self._drained.set()
-        self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._scopes)
-
-    def lease(self) -> AbstractContextManager[trio.CancelScope]:
-        """Lend a cancel scope (not entered) for the duration of a ``with``.
-
-        Raises:
-            ChannelClosedError: (at the call, not at ``with``) the channel is being, or
-                has been, torn down.
-            LimitExceededError: (429) ``limit`` leases are out already.
-        """
-        if self._closed:
-            raise ChannelClosedError(self._channel_name)
-        if self._limit and len(self._scopes) >= self._limit:
-            logger.warning(
-                "limit hit limit=%s channel=%s value=%d",
-                self._limit_name,
-                self._channel_name,
-                self._limit,
-            )
-            raise LimitExceededError(429, self._limit_name, f"Too many {self._limit_name[4:]}")
-        return self._lease()
-
-    @contextmanager
-    def _lease(self) -> Iterator[trio.CancelScope]:
-        scope = trio.CancelScope()
-        if not self._scopes:
-            self._drained = trio.Event()
-        self._scopes.add(scope)
-        try:
-            yield scope
-        finally:
-            self._scopes.discard(scope)
-            if not self._scopes:
-                self._drained.set()
-
-    def close(self) -> None:  # sync on purpose
-        """Refuse new leases from now on."""
-        self._closed = True
-
-    def cancel(self) -> None:  # sync on purpose
-        """Refuse new leases and cancel every lent scope."""
-        self._closed = True
-        for scope in self._scopes:
-            scope.cancel()
-
-    async def wait_drained(self) -> None:
-        """Wait until every lease has been returned."""
-        await self._drained.wait()
-
-    async def cancel_and_drain(self) -> None:
-        """Refuse new leases, cancel every lent scope and wait until all are returned.
-
-        Cancellation: the scopes stay cancelled; the wait is abandoned.
-        """
-        self.cancel()
-        await self.wait_drained()
+__all__ = ["Channel", "ChannelLimits", "ReadResult"]
 
 
 @dataclass(frozen=True, slots=True)

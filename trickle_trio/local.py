@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .channels import Channel, Segment
+from .channels import Channel
 from .core import wire
 from .core.errors import (
     ChannelClosedError,
@@ -24,6 +24,7 @@ from .core.errors import (
     SegmentNotFoundError,
 )
 from .publishing import PublisherGone, PublishOutcome, SegmentWriter, write_whole
+from .segment import Segment
 
 if TYPE_CHECKING:
     from .registry import ChannelRegistry

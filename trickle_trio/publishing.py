@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .channels import Channel, Segment
+from .channels import Channel
+from .segment import Segment
 
 logger = logging.getLogger(__name__)
 

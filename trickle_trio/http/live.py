@@ -44,9 +44,10 @@ from urllib.parse import parse_qsl
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 
-from ..channels import Channel, Segment
+from ..channels import Channel
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
+from ..segment import Segment
 from .responses import CLOSED, Headers, header, send_error, send_response
 
 logger = logging.getLogger(__name__)
