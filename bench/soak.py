@@ -7,7 +7,7 @@ server's resident memory and live trio task count at intervals. Not run in CI.
 The server runs in a child process (this file re-run with ``--server``): ``open_server``
 with the settings ``trickle-trio serve`` would use (autocreate on, loopback, port 0),
 plus a sampler task that prints one JSON line per interval with its own RSS (from
-``/proc/self/status``), ``trio.lowlevel.current_statistics().tasks_living``, the
+psutil), ``trio.lowlevel.current_statistics().tasks_living``, the
 number of objects the garbage collector tracks (the server ``gc.freeze()``s what it
 imported at start-up, so this counts what it made since) and the registry's gauges.
 Why a child and not ``trickle-trio serve``: the CLI exposes no task count, and an
@@ -59,6 +59,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+import psutil
 import trio
 
 IDLE_TIMEOUT = 3.0
@@ -70,11 +71,7 @@ REQUEST_LIMIT = 30.0  # no single request of the load may take longer than this
 
 
 def rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
+    return int(psutil.Process().memory_info().rss) // 1024
 
 
 async def serve_child(interval: float, gc_thresholds: str | None) -> None:
