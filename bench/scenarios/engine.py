@@ -16,17 +16,15 @@ Rules:
   current, so level-triggered epoll never spins on bytes nobody reads yet.
 - A failing connection fails only its channel (recorded in ``errors``).
 
-Imports: stdlib, trio, the bench's client helpers and ``reactor``.
+Imports: stdlib, trio, the bench's client and ``reactor``, ``chunks``.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -34,11 +32,9 @@ import trio
 from ..client import LAST_CHUNK, Body, Conn, HttpError, chunk_prefix, put_idle, request_head
 from ..client import take_idle as _take_idle
 from ..reactor import Reactor
+from .chunks import MAGIC, STAMP, ChannelState, ChunkSink, Pace
 from .common import C_AUX, C_LOST, C_UNITS
 
-#: magic, channel, seq, chunk index, write time (monotonic ns).
-STAMP = struct.Struct("<4sIIIq")
-MAGIC = b"TRKL"
 _CONNECT_CONCURRENCY = 32
 #: Idle keep-alive connections older than this are not reused (hypercorn closes at 5 s).
 _MAX_IDLE = 4.0
@@ -50,95 +46,8 @@ def take_idle(pool: list[Conn]) -> Conn | None:
     return _take_idle(pool, _MAX_IDLE)
 
 
-@dataclass
-class ChannelState:
-    """What a channel's publisher tells its subscribers (same process)."""
-
-    index: int
-    name: str
-    written: int = 0
-    done: bool = False
-
-
 def _discard(_: memoryview) -> None:
     pass
-
-
-class ChunkSink:
-    """Cuts one subscriber's stream back into chunks; records each chunk's latency.
-
-    Chunks have a fixed size, so a chunk ends every ``size`` bytes of a segment; the
-    stamp at its start says where it came from and when it was written.
-    """
-
-    __slots__ = (
-        "buf",
-        "channel",
-        "corrupt",
-        "count",
-        "cut",
-        "latencies",
-        "seq",
-        "since_ns",
-        "size",
-    )
-
-    def __init__(self, channel: int, size: int, latencies: list[float]) -> None:
-        self.channel = channel
-        self.size = size
-        self.latencies = latencies
-        #: Chunks written before this (monotonic ns) count, but their latency is not kept.
-        self.since_ns = 0
-        self.buf = bytearray()
-        self.seq = 0
-        self.count = 0
-        #: Chunks whose stamp is wrong (bytes from elsewhere: a server bug).
-        self.corrupt = 0
-        #: Segments that ended inside a chunk: a publish cut short (its POST broke), which
-        #: the protocol keeps as written. Not corruption; counted apart.
-        self.cut = 0
-
-    def start_segment(self, seq: int) -> None:
-        if self.buf:
-            self.cut += 1  # the previous segment ended inside a chunk
-            self.buf.clear()
-        self.seq = seq
-
-    def __call__(self, view: memoryview) -> None:
-        size = self.size
-        buf = self.buf
-        if not buf and len(view) == size:
-            self._chunk(view, time.monotonic_ns())
-            return
-        buf += view
-        if len(buf) < size:
-            return
-        now = time.monotonic_ns()
-        while len(buf) >= size:
-            self._chunk(buf, now)
-            del buf[:size]
-
-    def _chunk(self, data: memoryview | bytearray, now: int) -> None:
-        magic, channel, seq, _index, t_ns = STAMP.unpack_from(data)
-        if magic != MAGIC or channel != self.channel or seq != self.seq:
-            self.corrupt += 1
-            return
-        self.count += 1
-        if t_ns >= self.since_ns:
-            self.latencies.append((now - t_ns) / 1e6)
-
-
-# -- publishers and subscribers ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pace:
-    """What every publisher of an engine sends."""
-
-    chunk_bytes: int
-    chunks_per_segment: int
-    interval: float
-    mime: str
 
 
 class LivePublisher:

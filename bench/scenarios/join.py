@@ -30,8 +30,9 @@ import trio
 from ..client import Conn, HttpError
 from ..servers import Endpoint
 from ..workers import Control
+from .chunks import STAMP, ChannelState
 from .common import C_ERRORS, C_UNITS, Outcome, Plan, describe, percentile
-from .engine import STAMP, ChannelState, Engine
+from .engine import Engine
 from .live import LiveConfig, pace_of
 
 

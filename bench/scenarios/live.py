@@ -34,8 +34,9 @@ from typing import Any
 
 from ..servers import Endpoint
 from ..workers import Control
+from .chunks import STAMP, ChannelState, Pace
 from .common import C_AUX, C_ERRORS, C_UNITS, Outcome, Plan, describe, percentile, split_evenly
-from .engine import STAMP, ChannelState, Engine, Pace
+from .engine import Engine
 
 
 @dataclass(frozen=True)
