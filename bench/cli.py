@@ -61,14 +61,7 @@ def configs_for(scenario: str, args: argparse.Namespace) -> list[Any]:
         configs = [_live(args, c) for c in sorted(args.channels)]
     else:
         configs = [
-            JoinConfig(
-                background=args.background,
-                concurrency=args.concurrency,
-                duration=args.duration,
-                bitrate=args.bitrate,
-                segment_s=args.segment_seconds,
-                interval=args.interval_ms / 1000,
-            )
+            JoinConfig(background=args.background, concurrency=args.concurrency, **_pacing(args))
         ]
     for config in configs:
         config.validate()
@@ -79,13 +72,21 @@ def _live(args: argparse.Namespace, channels: int) -> LiveConfig:
     return LiveConfig(
         channels=channels,
         subscribers=args.subscribers,
-        bitrate=args.bitrate,
-        segment_s=args.segment_seconds,
-        interval=args.interval_ms / 1000,
-        duration=args.duration,
         warmup=args.warmup,
         aligned_segments=getattr(args, "aligned_segments", False),
+        **_pacing(args),
     )
+
+
+def _pacing(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Pacing`` fields from ``--bitrate``, ``--segment-seconds``, ``--interval-ms``
+    and ``--duration`` (see ``cli_args._pacing``)."""
+    return {
+        "bitrate": args.bitrate,
+        "segment_s": args.segment_seconds,
+        "interval": args.interval_ms / 1000,
+        "duration": args.duration,
+    }
 
 
 async def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -24,6 +24,8 @@ from bench.cli import build_parser, configs_for
 from bench.procstat import Usage
 from bench.runner import Progress, Runner, RunRecord
 from bench.scenarios.common import Outcome, format_size, parse_size
+from bench.scenarios.join import JoinConfig
+from bench.scenarios.live import LiveConfig
 from bench.servers import Target, resolve_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +49,24 @@ def test_sizes_say_which_unit() -> None:
     args = build_parser().parse_args(["fanout", "--config", "10x1MB", "--config", "2x1MiB"])
     labels = [config.label for config in configs_for("fanout", args)]
     assert labels == ["1->10 x 1MB", "1->2 x 1MiB"]
+
+
+@pytest.mark.parametrize("scenario", ["live", "join"])
+def test_live_and_join_take_the_same_pacing_flags(scenario: str) -> None:
+    argv = [scenario, "--bitrate", "4M", "--segment-seconds", "0.5", "--interval-ms", "10"]
+    args = build_parser().parse_args([*argv, "--duration", "3"])
+    (config,) = configs_for(scenario, args)
+    live = config if scenario == "live" else config.live
+    assert (live.bitrate, live.segment_s, live.interval, live.duration) == (4e6, 0.5, 0.01, 3.0)
+    assert live.chunk_bytes == 5000
+    assert live.chunks_per_segment == 50
+
+
+def test_join_refuses_a_pacing_that_cannot_run() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        JoinConfig(segment_s=0).validate()
+    with pytest.raises(ValueError, match="interval"):
+        LiveConfig(channels=1, interval=0).validate()
 
 
 @pytest.mark.parametrize(

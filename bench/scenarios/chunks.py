@@ -1,7 +1,8 @@
-"""A live channel's chunks: the stamp every chunk starts with (``STAMP``), what a
-publisher sends (``Pace``), what it tells its subscribers (``ChannelState``), and the
-subscriber's side that cuts the stream back into chunks, checks each stamp and records
-its latency (``ChunkSink``). Used by the live engine and by ``join``.
+"""A live channel's chunks: the stamp every chunk starts with (``STAMP``), the pacing
+asked for (``Pacing``), what a publisher sends (``Pace``), what it tells its
+subscribers (``ChannelState``), and the subscriber's side that cuts the stream back
+into chunks, checks each stamp and records its latency (``ChunkSink``). Used by the
+live engine and by ``join``.
 
 Rules: nothing here does I/O or awaits; a ``ChunkSink`` is fed by one connection at a
 time, and the views it is given are valid only during the call.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 #: magic, channel, seq, chunk index, write time (monotonic ns).
 STAMP = struct.Struct("<4sIIIq")
@@ -92,6 +94,25 @@ class ChunkSink:
         self.count += 1
         if t_ns >= self.since_ns:
             self.latencies.append((now - t_ns) / 1e6)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pacing:
+    """A paced live stream as given on the command line: ``live``'s channels and
+    ``join``'s busy channel."""
+
+    bitrate: float = 2e6
+    segment_s: float = 1.0
+    interval: float = 0.02
+    duration: float = 10.0
+
+    def pacing(self) -> dict[str, Any]:
+        """These fields by name (to make another configuration with the same pacing)."""
+        return {f.name: getattr(self, f.name) for f in fields(Pacing)}
+
+    def validate_pacing(self) -> None:
+        if self.interval <= 0 or self.duration <= 0 or self.segment_s <= 0:
+            raise ValueError("interval, duration and segment length must be > 0")
 
 
 @dataclass(frozen=True)
