@@ -9,6 +9,7 @@ The runs here are tiny smoke runs of the tooling; no figure is asserted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from bench.runner import Progress, Runner, RunRecord
 from bench.scenarios.common import Outcome, format_size, parse_size
 from bench.scenarios.join import JoinConfig
 from bench.scenarios.live import LiveConfig
+from bench.scenarios.stream import StreamConfig, summarize
 from bench.servers import Target, resolve_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +62,25 @@ def test_live_and_join_take_the_same_pacing_flags(scenario: str) -> None:
     assert (live.bitrate, live.segment_s, live.interval, live.duration) == (4e6, 0.5, 0.01, 3.0)
     assert live.chunk_bytes == 5000
     assert live.chunks_per_segment == 50
+
+
+def test_a_run_whose_subscribers_never_finished_has_no_rate() -> None:
+    config = StreamConfig("small", 1, 3, 200, 200, 3, "application/json")
+    publisher = {"t_start": 100.0, "digests": [1, 2, 3], "waits": 0, "errors": []}
+    stuck = {
+        "digests": [1, None],
+        "sizes": [200, 0],
+        "latencies_ms": [1.0],
+        "t_end": None,
+        "errors": ["GET 1: status 470"],
+    }
+    outcome = summarize(config, [publisher, {"subscribers": [stuck]}])
+    assert math.isnan(outcome.metrics["segments_s"])
+    assert math.isnan(outcome.metrics["mb_s"])
+    assert outcome.checks["lost"] == 2
+    finished = stuck | {"digests": [1, 2, 3], "sizes": [200] * 3, "t_end": 102.0}
+    outcome = summarize(config, [publisher, {"subscribers": [finished]}])
+    assert outcome.metrics["segments_s"] == pytest.approx(1.5)
 
 
 def test_join_refuses_a_pacing_that_cannot_run() -> None:
