@@ -190,3 +190,23 @@ async def test_the_pool_hands_back_a_connection_only_after_a_whole_response() ->
 def test_a_head_says_whether_the_connection_stays() -> None:
     assert Head(200, {}).keep_alive
     assert not Head(200, {"connection": "Close"}).keep_alive
+
+
+def test_the_parser_cost_tool_checks_both_parsers_on_the_same_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import parser_cost
+
+    wire = parser_cost.response(bytes(range(256)) * 300, 1000)
+    a, b = socket.socketpair()
+    conn = Conn(b, b"test", 128 * 1024)
+    assert parser_cost.parse_with_bench(wire, conn) == 256 * 300
+    assert parser_cost.parse_with_h11(wire) == 256 * 300
+    a.close()
+    conn.close()
+    assert parser_cost.main(["--repeat", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| 200 B segment",
+        "| 1 MiB segment, 16 KiB chunks",
+    ]
