@@ -150,3 +150,14 @@ def test_the_listener_of_a_port_is_found(child: Child) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         assert find_listener_pid(unused.getsockname()[1]) is None
+
+
+def test_through_proxy_reads_user_and_system_apart(child: Child) -> None:
+    from bench.through_proxy import cpu_seconds
+
+    burnt = float(child.do("burn 0.2"))
+    user, system = cpu_seconds(child.proc.pid)
+    assert user + system >= burnt - 0.02
+    child.proc.kill()
+    child.proc.wait(10)
+    assert cpu_seconds(child.proc.pid) == (0.0, 0.0)

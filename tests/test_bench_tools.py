@@ -283,6 +283,8 @@ def test_python_m_bench_runs_from_an_installed_wheel(tmp_path: Path) -> None:
         assert f"trickle_trio/http/watch/{page_file}" in names
     metadata = next(n for n in names if n.endswith("METADATA"))
     assert "Provides-Extra: bench" in (site / metadata).read_text()
+    # The bench's process figures come from psutil, installed with the extra.
+    assert 'Requires-Dist: psutil>=5.9; extra == "bench"' in (site / metadata).read_text()
     # From elsewhere, with only the wheel's files on the path: no checkout involved.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     proc = subprocess.run(
