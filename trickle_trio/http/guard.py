@@ -42,7 +42,7 @@ import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ..core.routing import Access, Kind, Refusal
-from .responses import CONNECTION_CLOSE, send_error
+from .responses import CONNECTION_CLOSE, refuse
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -188,11 +188,9 @@ class Guard:
         message: str,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        registry = self.state.registry
-        counts = registry.metrics.responses if registry is not None else None
         try:
             with trio.CancelScope(shield=True):  # see rule 7: hypercorn closes in this send
-                await send_error(send, status, message, headers or (), counts=counts)
+                await refuse(send, self.state.registry, status, message, headers)
         except* trio.BusyResourceError:
             logger.debug("client left while being refused status=%d", status)
 

@@ -49,8 +49,8 @@ from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..segment import Segment
 from .extensions import Abort
-from .responses import CLOSED, Headers, header, send_error, send_response
-from .subscribe import cutter
+from .responses import Headers, header, refuse
+from .subscribe import answer_missing, cutter
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +188,16 @@ async def serve_live(
     try:
         lease = channel.subscribers.lease()
     except LimitExceededError as exc:
-        await send_error(send, exc.status, exc.message, counts=channel.metrics.responses)
+        await refuse(send, channel, exc.status, exc.message)
         return
     except ChannelClosedError:
         # Deleted since it was looked up: as for a channel that never existed.
-        await send_error(send, 404, wire.STREAM_NOT_FOUND, counts=channel.metrics.responses)
+        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND)
         return
     with lease as scope:
         found = channel.segment_for_read(options.start)
         if found.segment is None:
-            await _answer_missing(send, channel, found.seq, found.latest)
+            await answer_missing(send, channel, found.seq, found.latest)
             return
         counters = live_counters(channel)
         counters.readers += 1
@@ -225,18 +225,6 @@ async def serve_live(
                 nursery.cancel_scope.cancel()
         finally:
             counters.readers -= 1
-
-
-async def _answer_missing(send: ASGISendCallable, channel: Channel, seq: int, latest: int) -> None:
-    """As a segment GET for a seq outside the window: 470 (200 + Closed if closed)."""
-    headers = [header(wire.LATEST_HEADER, latest), header(wire.SEQ_HEADER, seq)]
-    status = wire.STATUS_SEQ_NOT_FOUND
-    if channel.closed:
-        headers.append(CLOSED)
-        status = 200
-    channel.metrics.responses[status] += 1
-    headers.append((b"content-type", wire.TEXT_PLAIN.encode()))
-    await send_response(send, status, wire.ENTRY_NOT_FOUND.encode(), headers)
 
 
 async def _stream(

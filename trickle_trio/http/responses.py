@@ -17,6 +17,7 @@ from ..core import wire
 
 if TYPE_CHECKING:
     from ..channels import Channel
+    from ..registry import ChannelRegistry
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -75,13 +76,15 @@ async def send_error(
 
 async def refuse(
     send: ASGISendCallable,
-    channel: Channel,
+    counted_by: Channel | ChannelRegistry | None,
     status: int,
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer an error the way Go's ``http.Error`` does, and count it.
+    """Answer an error the way Go's ``http.Error`` does, counted in the metrics of
+    ``counted_by`` (a channel, or the registry before a channel is known) if given.
 
     Cancellation: as :func:`send_response`.
     """
-    await send_error(send, status, message, headers or (), counts=channel.metrics.responses)
+    counts = counted_by.metrics.responses if counted_by is not None else None
+    await send_error(send, status, message, headers or (), counts=counts)

@@ -34,7 +34,7 @@ from .extensions import (
 from .hooks import HookFailed, HookRequest, run_hook
 from .live import LIVE, LiveOptions, LiveQueryError, parse_live_query, serve_live
 from .publish import serve_publisher
-from .responses import CONNECTION_CLOSE, send_error
+from .responses import CONNECTION_CLOSE, refuse
 from .state import ServerState
 from .subscribe import serve_subscriber
 
@@ -75,32 +75,32 @@ class SegmentStreams:
             try:
                 live_options = parse_live_query(scope.get("query_string", b""))
             except LiveQueryError as exc:
-                await self._error(send, 400, str(exc))
+                await refuse(send, self.state.registry, 400, str(exc))
                 return
         else:
             try:
                 seq = wire.parse_seq(route.seq)
             except wire.InvalidSeq:
-                await self._error(send, 400, wire.INVALID_IDX)
+                await refuse(send, self.state.registry, 400, wire.INVALID_IDX)
                 return
         try:
             name = wire.check_channel_name(
                 route.channel, max_length=self.state.settings.max_name_length
             )
         except wire.InvalidChannelName:
-            await self._error(send, 400, "Invalid channel name")
+            await refuse(send, self.state.registry, 400, "Invalid channel name")
             return
         if name in self.state.reserved:
-            await self._error(send, 400, "Reserved channel name")
+            await refuse(send, self.state.registry, 400, "Reserved channel name")
             return
         registry = self.state.registry
         if registry is None:
-            await self._error(send, 503, "Server not ready")
+            await refuse(send, self.state.registry, 503, "Server not ready")
             return
         if scope["method"] == "GET":
             channel = registry.get(name)
             if channel is None:
-                await self._error(send, 404, wire.STREAM_NOT_FOUND)
+                await refuse(send, self.state.registry, 404, wire.STREAM_NOT_FOUND)
                 return
             extensions = scope.get("extensions", {})
             watch = extensions.get(DISCONNECT_EXTENSION)
@@ -132,39 +132,28 @@ class SegmentStreams:
             return
 
         if seq < wire.SEQ_NEXT:
-            await self._error(send, 400, wire.INVALID_IDX)
+            await refuse(send, self.state.registry, 400, wire.INVALID_IDX)
             return
         channel = registry.get(name)
         if channel is None and self.state.settings.autocreate:
             try:
                 await run_hook(self.state.settings.before_create, hook_request(scope), name)
             except HookFailed as exc:
-                await self._error(send, exc.status, exc.message, [CONNECTION_CLOSE])
+                await refuse(send, self.state.registry, exc.status, exc.message, [CONNECTION_CLOSE])
                 return
             try:
                 channel = registry.create(name, header_value(scope, _CONTENT_TYPE))
             except LimitExceededError as exc:
-                await self._error(send, exc.status, exc.message, [CONNECTION_CLOSE])
+                await refuse(send, self.state.registry, exc.status, exc.message, [CONNECTION_CLOSE])
                 return
         if channel is None:
             # Connection: close wakes up a Go publisher's idle preconnect at once.
-            await self._error(send, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
+            await refuse(send, self.state.registry, 404, wire.STREAM_NOT_FOUND, [CONNECTION_CLOSE])
             return
         reset = bool(header_value(scope, b"lp-trickle-reset"))
         offer = scope.get("extensions", {}).get(BODY_EXTENSION)
         take_body = offer["take_body"] if offer else None
         await serve_publisher(channel, seq, receive, send, reset=reset, take_body=take_body)
-
-    async def _error(
-        self,
-        send: ASGISendCallable,
-        status: int,
-        message: str,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        registry = self.state.registry
-        counts = registry.metrics.responses if registry is not None else None
-        await send_error(send, status, message, headers or (), counts=counts)
 
 
 def header_value(scope: Any, name: bytes) -> str:

@@ -85,7 +85,7 @@ async def serve_subscriber(
         found = channel.segment_for_read(seq)
         segment = found.segment
         if segment is None:
-            await _answer_missing(send, channel, found)
+            await answer_missing(send, channel, found.seq, found.latest)
             return
         reader = channel.reading(segment, cutter(scope, abort))
         try:
@@ -116,8 +116,13 @@ def cutter(scope: trio.CancelScope, abort: Abort | None) -> Callable[[], None]:
     return cut
 
 
-async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadResult) -> None:
-    headers = [header(wire.LATEST_HEADER, found.latest), header(wire.SEQ_HEADER, found.seq)]
+async def answer_missing(send: ASGISendCallable, channel: Channel, seq: int, latest: int) -> None:
+    """A GET for a seq outside the window: 470 with ``Lp-Trickle-Latest`` (200 with
+    ``Lp-Trickle-Closed`` if the channel is closed), as the reference answers.
+
+    Cancellation: as :func:`send_response`.
+    """
+    headers = [header(wire.LATEST_HEADER, latest), header(wire.SEQ_HEADER, seq)]
     status = wire.STATUS_SEQ_NOT_FOUND
     if channel.closed:
         headers.append(CLOSED)
