@@ -1,5 +1,8 @@
 """The bookkeeping every client keeps, whatever carries its bytes (HTTP or in-process).
 
+``counts`` is the live counters (the parts of a client add to them); ``stats()`` is a
+frozen snapshot.
+
 ``Publisher``/``InProcessPublisher`` and ``Subscriber``/``InProcessSubscriber`` have one
 API (checked by the protocols in ``api.py``); its read-only part and the state behind it
 live here once. Imports: trio, ``core`` and ``stats``.
@@ -23,7 +26,7 @@ class PublisherState:
         self._seq = max(start, 0)
         self._failure: TrickleError | None = None
         self._closing = False
-        self._counts = PublisherCounts()
+        self.counts = PublisherCounts()
         self._opened_at = trio.current_time()
 
     @property
@@ -33,12 +36,23 @@ class PublisherState:
 
     @property
     def closed(self) -> bool:
+        """:meth:`aclose` has begun."""
         return self._closing
+
+    @property
+    def failure(self) -> TrickleError | None:
+        """The error that ended the publisher, if any."""
+        return self._failure
+
+    def fail(self, error: TrickleError) -> None:  # sync on purpose
+        """Record ``error`` as what ended the publisher (the first one stays)."""
+        if self._failure is None:
+            self._failure = error
 
     def stats(self) -> PublisherStats:
         """A snapshot of the counters."""
         return PublisherStats.of(
-            self._counts,
+            self.counts,
             seq=self._seq,
             elapsed_s=trio.current_time() - self._opened_at,
             terminal_error=None if self._failure is None else repr(self._failure),
@@ -54,7 +68,7 @@ class SubscriberState:
         self._latest = -1
         self._ended = False
         self._closed = False
-        self._counts = SubscriberCounts()
+        self.counts = SubscriberCounts()
         self._opened_at = trio.current_time()
 
     @property
@@ -70,7 +84,7 @@ class SubscriberState:
     def stats(self) -> SubscriberStats:
         """A snapshot of the counters."""
         return SubscriberStats.of(
-            self._counts,
+            self.counts,
             latest_seq=self._latest,
             seq=self._seq,
             elapsed_s=trio.current_time() - self._opened_at,

@@ -1,12 +1,15 @@
-"""Helpers shared by the client modules: exception groups, header ints, answer errors.
+"""Helpers shared by the client modules: exception groups, header ints, answer errors,
+the ``async with publisher.segment()`` context.
 
 Imports: stdlib, trio and ``trickle_trio.core``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Final
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Final, Generic, Protocol, TypeVar
 
 import trio
 
@@ -42,6 +45,64 @@ def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | No
     if isinstance(first, TrickleError) and all(type(e) is type(first) for e in errors):
         return first
     return None
+
+
+@asynccontextmanager
+async def open_client_nursery() -> AsyncIterator[trio.Nursery]:
+    """The nursery of a client's background tasks; the one error its exception group
+    stands for (:func:`single_error`) comes out unwrapped, other groups as they are.
+
+    Cancellation: as any nursery's: every task in it is cancelled and waited for.
+    """
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
+            raise
+    if error is not None:
+        raise error
+
+
+class _SegmentLike(Protocol):
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+_Segment = TypeVar("_Segment", bound=_SegmentLike)
+_Segment_co = TypeVar("_Segment_co", bound=_SegmentLike, covariant=True)
+
+
+class _Opener(Protocol[_Segment_co]):
+    async def next(self) -> _Segment_co: ...
+
+
+class NextSegment(Generic[_Segment]):
+    """``async with publisher.segment() as seg``: ``publisher.next()`` on entry, the
+    segment's own ``__aexit__`` on exit (ends it, or drops it on an exception)."""
+
+    def __init__(self, publisher: _Opener[_Segment]) -> None:
+        self._publisher = publisher
+        self._segment: _Segment | None = None
+
+    async def __aenter__(self) -> _Segment:
+        self._segment = await self._publisher.next()
+        return self._segment
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._segment is not None
+        await self._segment.__aexit__(exc_type, exc, tb)
 
 
 def header_int(headers: Mapping[str, str], name: str, default: int) -> int:

@@ -30,7 +30,7 @@ from typing import IO, Any, Final
 import trio
 
 from ..core.errors import HTTPError, SegmentNotFoundError, TrickleError
-from ._util import single_error
+from ._util import open_client_nursery
 from .http import Timeouts, TransportError, make_ssl_context, split_url
 from .transport import Transport
 
@@ -315,17 +315,13 @@ async def run_client_command(
     signalled: list[int] = []
     error: BaseException | None = None
     try:
-        async with make_transport(args) as transport, trio.open_nursery() as nursery:
+        async with make_transport(args) as transport, open_client_nursery() as nursery:
             if handle_signals:
                 signalled = await nursery.start(_watch_signals, nursery.cancel_scope)
             status = await command(args, transport, stdin, stdout, stderr)
             nursery.cancel_scope.cancel()
         if signalled:
             return 128 + signalled[0]
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if not isinstance(error, TrickleError | CommandError | ServerGone | OSError):
-            raise
     except (TrickleError, CommandError, ServerGone, OSError) as exc:
         error = exc
     if error is None:

@@ -38,9 +38,9 @@ from ..core.errors import (
 )
 from ..local import LocalPublisher, LocalSegment, LocalSubscriber
 from ._state import PublisherState, SubscriberState
-from ._util import single_error
+from ._util import NextSegment, open_client_nursery
 from .http import Headers
-from .publisher_segment import fails_publisher
+from .post import fails_publisher
 from .subscriber import OnGap
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class InProcessPublisherSegment:
             self._send_chan, self._source = send_chan, _Source(recv_chan)
             self._finished = trio.Event()
             self._task_error = None
-            self._publisher._counts.post_attempts += 1
+            self._publisher.counts.post_attempts += 1
             self._publisher._nursery.start_soon(self._run, self._source, recv_chan)
         return self._send_chan
 
@@ -155,7 +155,7 @@ class InProcessPublisherSegment:
     def _fail(self, error: TrickleError) -> TrickleError:
         if self._state is not _FAILED:
             self._state = _FAILED
-            self._publisher._counts.segments_failed += 1
+            self._publisher.counts.segments_failed += 1
         self._error = error
         return error
 
@@ -173,7 +173,7 @@ class InProcessPublisherSegment:
             pass  # the writer task ended: its error says why
         else:
             self.bytes_sent += len(data)
-            self._publisher._counts.bytes_submitted_to_transport += len(data)
+            self._publisher.counts.bytes_submitted_to_transport += len(data)
             return
         await self._finished.wait()
         raise self._fail(self._task_error or ChannelClosedError(self._publisher.channel))
@@ -189,7 +189,7 @@ class InProcessPublisherSegment:
         if self._task_error is not None:
             raise self._fail(self._task_error)
         self._state = _DONE
-        counts = self._publisher._counts
+        counts = self._publisher.counts
         counts.segments_completed += 1
         counts.post_success += 1
         if self.bytes_sent == 0:
@@ -203,7 +203,7 @@ class InProcessPublisherSegment:
             await self._let_go()
             self._send_chan = None
             self._state, self._error, self.bytes_sent = _OPEN, None, 0
-            self._publisher._counts.post_retries += 1
+            self._publisher.counts.post_retries += 1
         if isinstance(data, bytes | bytearray | memoryview):
             await self.send(bytes(data))
         else:
@@ -227,7 +227,7 @@ class InProcessPublisherSegment:
             await trio.lowlevel.checkpoint()
             return
         self._state = _DROPPED
-        self._publisher._counts.segments_dropped += 1
+        self._publisher.counts.segments_dropped += 1
         if self._source is not None:
             self._source.dropped = True
         await self._let_go()
@@ -238,25 +238,6 @@ class InProcessPublisherSegment:
             return
         self._send_chan.close()
         await self._finished.wait()
-
-
-class _NextSegment:
-    def __init__(self, publisher: InProcessPublisher) -> None:
-        self._publisher = publisher
-        self._segment: InProcessPublisherSegment | None = None
-
-    async def __aenter__(self) -> InProcessPublisherSegment:
-        self._segment = await self._publisher.next()
-        return self._segment
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._segment is not None
-        await self._segment.__aexit__(exc_type, exc, tb)
 
 
 class InProcessPublisher(PublisherState):
@@ -326,11 +307,12 @@ class InProcessPublisher(PublisherState):
         self._seq += 1
         self._segments = [s for s in self._segments if s._state is _OPEN]
         self._segments.append(segment)
-        self._counts.segments_started += 1
+        self.counts.segments_started += 1
         return segment
 
-    def segment(self) -> _NextSegment:
-        return _NextSegment(self)
+    def segment(self) -> NextSegment[InProcessPublisherSegment]:
+        """As :meth:`Publisher.segment <trickle_trio.client.Publisher.segment>`."""
+        return NextSegment(self)
 
     async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
         segment = await self.next()
@@ -370,7 +352,7 @@ class InProcessSubscriberSegment:
         self._done = first is None
         self._bytes = 0
         if first is None:
-            subscriber._counts.empty_segments_delivered += 1
+            subscriber.counts.empty_segments_delivered += 1
 
     @property
     def complete(self) -> bool:
@@ -397,7 +379,7 @@ class InProcessSubscriberSegment:
                 self._done = True
                 raise
         self._bytes += len(chunk)
-        self._subscriber._counts.bytes_received += len(chunk)
+        self._subscriber.counts.bytes_received += len(chunk)
         return chunk
 
     async def read(self) -> bytes:
@@ -458,7 +440,7 @@ class InProcessSubscriber(SubscriberState):
             if self._ended:
                 await trio.lowlevel.checkpoint()
                 return None
-            self._counts.get_attempts += 1
+            self.counts.get_attempts += 1
             started = trio.current_time()
             try:
                 segment = await self._local.read(self._seq)
@@ -469,14 +451,14 @@ class InProcessSubscriber(SubscriberState):
                 if self._channel_gone():
                     self._ended = True
                     continue
-                self._counts.get_404 += 1
+                self.counts.get_404 += 1
                 raise
             except SegmentNotFoundError as exc:
                 if self._on_gap == "raise" or exc.latest < 0:
                     raise
                 if exc.latest >= exc.seq:
-                    self._counts.get_470_reset += 1
-                    self._counts.seq_gap_events += 1
+                    self.counts.get_470_reset += 1
+                    self.counts.seq_gap_events += 1
                     self._seq, self._expected = exc.latest, None
                     continue
                 behind += 1
@@ -487,15 +469,15 @@ class InProcessSubscriber(SubscriberState):
             if self._seen is None:
                 self._seen = self._registry.get(self.channel)
             first = await anext(segment, None)
-            self._counts.wait_ms_total += (trio.current_time() - started) * 1000
+            self.counts.wait_ms_total += (trio.current_time() - started) * 1000
             if first is None and self._channel_gone():
                 self._ended = True
                 continue
             if self._expected is not None and segment.seq != self._expected:
-                self._counts.seq_gap_events += 1
+                self.counts.seq_gap_events += 1
             self._seq = self._expected = segment.seq + 1
             self._latest = max(self._latest, segment.latest, segment.seq)
-            self._counts.segments_delivered += 1
+            self.counts.segments_delivered += 1
             return InProcessSubscriberSegment(self, segment, first)
 
     async def aclose(self) -> None:
@@ -525,32 +507,24 @@ async def open_local_publisher(
         ChannelNotFoundError: the channel does not exist (and ``create`` is false).
         ChannelClosedError: the channel was deleted while the publisher was open.
     """
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            publisher = InProcessPublisher(
-                registry,
-                channel,
-                mime_type,
-                nursery=nursery,
-                start=start,
-                reset=reset,
-                delete_on_close=delete_on_close,
-            )
-            try:
-                if create:
-                    await publisher.create()
-                await publisher._start()
-                yield publisher
-            finally:
-                await publisher.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if error is None:
-            raise
-    if error is not None:
-        raise error
+    async with open_client_nursery() as nursery:
+        publisher = InProcessPublisher(
+            registry,
+            channel,
+            mime_type,
+            nursery=nursery,
+            start=start,
+            reset=reset,
+            delete_on_close=delete_on_close,
+        )
+        try:
+            if create:
+                await publisher.create()
+            await publisher._start()
+            yield publisher
+        finally:
+            await publisher.aclose()
+            nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -1,16 +1,16 @@
-"""One segment being published: :class:`PublisherSegment`, and the POST that carries it.
+"""One segment being published over HTTP: :class:`PublisherSegment`.
 
 Rules of this file:
 
-1. A segment's POST (:class:`_Post`) is opened and answered by a task of its
-   publisher; the segment writes its body from the caller's task. Which error a failed
-   write raises is decided in one place, :meth:`PublisherSegment._failed`: the server's
-   answer if it sent one, else a :class:`SegmentWriteError`.
-2. :func:`is_terminal` errors no retry of the same request can fix;
-   :func:`fails_publisher` errors end the whole publisher, not only a segment.
+1. A segment writes the body of its POST (:class:`~.post.Post`) from the caller's task;
+   the POST is opened and answered by the publisher's :class:`~.post.PostRunner`, the
+   only part of the publisher a segment sees. Which error a failed write raises is
+   decided in one place, :meth:`PublisherSegment._failed`: the server's answer if it
+   sent one, else a :class:`~.post.SegmentWriteError`.
+2. A segment written again (:meth:`PublisherSegment.write` after a failure) gets a
+   fresh POST of the same seq.
 
-Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules (the
-publisher for types only).
+Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules.
 """
 
 from __future__ import annotations
@@ -18,107 +18,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import trio
 
-from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError, TrickleError
-from ._util import RETRYABLE_STATUSES
-from .http import Exchange, TransportError
+from ..core.errors import TrickleError
+from .http import TransportError
+from .post import Post, PostRunner, SegmentWriteError, is_terminal
 
-if TYPE_CHECKING:
-    from .publisher import Publisher
-
-__all__ = [
-    "PublisherSegment",
-    "SegmentWriteError",
-    "fails_publisher",
-    "is_terminal",
-]
+__all__ = ["PublisherSegment"]
 
 logger = logging.getLogger(__name__)
-
-
-class SegmentWriteError(TrickleError):
-    """A segment could not be written: its connection broke, or the server closed the
-    segment before its body ended (a reset, an eviction, ``DELETE {url}/{seq}``).
-
-    Writing the segment again (:meth:`PublisherSegment.write`) re-POSTs the same seq on
-    a fresh connection.
-
-    Attributes:
-        seq: the segment's seq.
-        url: the channel URL.
-    """
-
-    def __init__(self, seq: int, url: str, reason: str) -> None:
-        super().__init__(f"segment {seq} of {url}: {reason}")
-        self.seq = seq
-        self.url = url
-
-
-def is_terminal(error: BaseException) -> bool:
-    """Errors no retry of the same request can fix: the channel is gone or closed, or a
-    4xx other than :data:`RETRYABLE_STATUSES`."""
-    if isinstance(error, ChannelNotFoundError | ChannelClosedError):
-        return True
-    return (
-        isinstance(error, HTTPError)
-        and 400 <= error.status < 500
-        and error.status not in RETRYABLE_STATUSES
-    )
-
-
-def fails_publisher(error: BaseException, *, claimed: bool) -> bool:
-    """Errors that end the publisher, not just a segment: the channel is gone or closed,
-    or a terminal refusal of a POST that carried no body yet (401, 403, 400 ...).
-    Refusals of a segment's body (413) fail only that segment."""
-    if isinstance(error, ChannelNotFoundError | ChannelClosedError):
-        return True
-    return not claimed and is_terminal(error)
-
-
-class _Post:
-    """One POST of one segment: its exchange, and the answer its task reads."""
-
-    __slots__ = (
-        "answered",
-        "bytes_sent",
-        "claimed",
-        "delay",
-        "error",
-        "exchange",
-        "fresh",
-        "opened",
-        "reset",
-        "retry",
-        "scope",
-        "seq",
-    )
-
-    def __init__(
-        self, seq: int, *, reset: bool, fresh: bool, delay: float = 0.0, retry: int = 0
-    ) -> None:
-        self.seq = seq
-        self.reset = reset
-        self.fresh = fresh
-        #: Seconds to wait before opening; retries of a lost preconnect only.
-        self.delay = delay
-        #: How many lost preconnects of this seq came before this one.
-        self.retry = retry
-        self.exchange: Exchange | None = None
-        #: Set once the request head is out (``exchange`` is set) or opening failed.
-        self.opened = trio.Event()
-        #: Set once the outcome is known: ``error is None`` means acknowledged.
-        self.answered = trio.Event()
-        self.error: TrickleError | None = None
-        self.claimed = False
-        self.bytes_sent = 0
-        self.scope = trio.CancelScope()
-
-    @property
-    def body_ended(self) -> bool:
-        return self.exchange is not None and self.exchange.body_ended
 
 
 _OPEN, _DONE, _FAILED, _DROPPED = "open", "done", "failed", "dropped"
@@ -136,9 +46,10 @@ class PublisherSegment:
         seq: the segment's seq, known before any byte is written.
     """
 
-    def __init__(self, publisher: Publisher, post: _Post) -> None:
+    def __init__(self, runner: PostRunner, post: Post) -> None:
         self.seq = post.seq
-        self._publisher = publisher
+        self._runner = runner
+        self._counts = runner.state.counts
         self._post = post
         self._state = _OPEN
         self._error: TrickleError | None = None
@@ -148,7 +59,7 @@ class PublisherSegment:
     @property
     def url(self) -> str:
         """``{channel url}/{seq}``."""
-        return f"{self._publisher.url}/{self.seq}"
+        return f"{self._runner.url}/{self.seq}"
 
     @property
     def bytes_sent(self) -> int:
@@ -171,7 +82,7 @@ class PublisherSegment:
         if exc is None:
             await self.aclose()
             return
-        with trio.move_on_after(self._publisher.close_timeout, shield=True):
+        with trio.move_on_after(self._runner.close_timeout, shield=True):
             await self.drop()
 
     # -- writing ----------------------------------------------------------------------------
@@ -201,7 +112,7 @@ class PublisherSegment:
             failure = exc
         else:
             post.bytes_sent += len(data)
-            self._publisher._counts.bytes_submitted_to_transport += len(data)
+            self._counts.bytes_submitted_to_transport += len(data)
             return
         raise await self._failed(post, failure)
 
@@ -234,7 +145,7 @@ class PublisherSegment:
         if post.error is not None:
             raise self._fail(post.error)
         self._state = _DONE
-        counts = self._publisher._counts
+        counts = self._counts
         counts.segments_completed += 1
         if post.bytes_sent == 0:
             counts.empty_segments_completed += 1
@@ -262,7 +173,7 @@ class PublisherSegment:
                 except StopAsyncIteration:
                     break
                 except BaseException:
-                    with trio.move_on_after(self._publisher.close_timeout, shield=True):
+                    with trio.move_on_after(self._runner.close_timeout, shield=True):
                         await self.drop()
                     raise
                 await self.send(chunk)
@@ -279,13 +190,13 @@ class PublisherSegment:
             return
         terminal = self._error is not None and is_terminal(self._error)
         self._state = _DROPPED
-        publisher = self._publisher
-        publisher._counts.segments_dropped += 1
-        await publisher._let_go(self._post)
-        if terminal or publisher._failure is not None:
+        runner = self._runner
+        self._counts.segments_dropped += 1
+        await runner.let_go(self._post)
+        if terminal or runner.state.failure is not None:
             return  # the channel is gone or refuses us: nothing to close there
         try:
-            response = await publisher._transport.request("DELETE", self.url)
+            response = await runner.request("DELETE", self.url)
         except TrickleError as exc:
             logger.info("segment delete failed url=%s error=%s", self.url, exc)
             return
@@ -304,11 +215,11 @@ class PublisherSegment:
     def _fail(self, error: TrickleError) -> TrickleError:
         if self._state is not _FAILED:
             self._state = _FAILED
-            self._publisher._counts.segments_failed += 1
+            self._counts.segments_failed += 1
         self._error = error
         return error
 
-    async def _ready_post(self) -> _Post:
+    async def _ready_post(self) -> Post:
         """The POST to write to, once its head is out; one silent re-POST if it failed
         before any byte of ours (a dead pooled connection, a released preconnect)."""
         post = self._post
@@ -331,7 +242,7 @@ class PublisherSegment:
             raise self._fail(post.error)
         return post
 
-    async def _failed(self, post: _Post, failure: TransportError) -> TrickleError:
+    async def _failed(self, post: Post, failure: TransportError) -> TrickleError:
         """The error a failed write of ``post`` stands for: the server's answer if it
         sent one, else a :class:`SegmentWriteError` caused by ``failure``."""
         exchange = post.exchange
@@ -340,38 +251,17 @@ class PublisherSegment:
         await post.answered.wait()
         error = post.error
         if error is None:
-            error = SegmentWriteError(self.seq, self._publisher.url, str(failure))
+            error = SegmentWriteError(self.seq, self._runner.url, str(failure))
             error.__cause__ = failure
         return self._fail(error)
 
     async def _repost(self) -> None:
         """Replace this segment's POST by a fresh one for the same seq."""
         old = self._post
-        await self._publisher._let_go(old)
-        self._post = self._publisher._start_post(self.seq, reset=old.reset, fresh=True)
+        await self._runner.let_go(old)
+        self._post = self._runner.start(self.seq, reset=old.reset, fresh=True)
         self._post.claimed = True
-        self._publisher._counts.post_retries += 1
+        self._counts.post_retries += 1
         self._state = _OPEN
         self._error = None
         self._used = False
-
-
-class _NextSegment:
-    """``async with publisher.segment() as seg``: :meth:`Publisher.next` on entry."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-        self._segment: PublisherSegment | None = None
-
-    async def __aenter__(self) -> PublisherSegment:
-        self._segment = await self._publisher.next()
-        return self._segment
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._segment is not None
-        await self._segment.__aexit__(exc_type, exc, tb)

@@ -32,9 +32,9 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
 from ._state import SubscriberState
-from ._util import RETRYABLE_STATUSES, header_int, single_error
+from ._util import RETRYABLE_STATUSES, header_int, open_client_nursery
+from .connection import Exchange
 from .http import (
-    Exchange,
     Headers,
     ResponseHead,
     Timeouts,
@@ -42,7 +42,7 @@ from .http import (
     TransportTimeout,
     split_url,
 )
-from .transport import Transport
+from .transport import Transport, use_transport
 
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
 
@@ -134,13 +134,13 @@ class SubscriberSegment:
             raise
         if not chunk:
             self._done = True
-            counts = self._subscriber._counts
+            counts = self._subscriber.counts
             if self._bytes == 0:
                 counts.empty_segments_delivered += 1
             await self._exchange.aclose()
             raise StopAsyncIteration
         self._bytes += len(chunk)
-        self._subscriber._counts.bytes_received += len(chunk)
+        self._subscriber.counts.bytes_received += len(chunk)
         return chunk
 
     async def read(self) -> bytes:
@@ -250,9 +250,9 @@ class Subscriber(SubscriberState):
                 logger.debug("end of stream url=%s seq=%d", self.url, get.seq)
                 return None
             if head.status == 404:
-                self._counts.get_404 += 1
+                self.counts.get_404 += 1
                 await exchange.aclose()
-                if self._counts.segments_delivered:
+                if self.counts.segments_delivered:
                     # It was there: deleted between two GETs (a preconnect that reached
                     # the server after the DELETE). That is the end of the stream.
                     self._ended = True
@@ -266,8 +266,8 @@ class Subscriber(SubscriberState):
                     raise SegmentNotFoundError(seq, latest)
                 if latest >= seq:
                     logger.info("jump to live edge url=%s seq=%d latest=%d", self.url, seq, latest)
-                    self._counts.get_470_reset += 1
-                    self._counts.seq_gap_events += 1
+                    self.counts.get_470_reset += 1
+                    self.counts.seq_gap_events += 1
                     self._seq, self._expected = latest, None
                     continue
                 # Asked ahead of the writer: wait for it rather than go back.
@@ -280,13 +280,13 @@ class Subscriber(SubscriberState):
                 body = await self._read_error_body(exchange)
                 raise HTTPError(head.status, body)
             if self._expected is not None and seq != self._expected:
-                self._counts.seq_gap_events += 1
+                self.counts.seq_gap_events += 1
             self._seq = self._expected = seq + 1
             self._latest = max(self._latest, latest, seq)
             self._preconnect = self._start_get(seq + 1)
             segment = SubscriberSegment(self, exchange, head, seq, latest if latest >= 0 else seq)
             self._current = segment
-            self._counts.segments_delivered += 1
+            self.counts.segments_delivered += 1
             return segment
 
     async def aclose(self) -> None:
@@ -342,7 +342,7 @@ class Subscriber(SubscriberState):
     async def _run_get(self, get: _Get) -> None:
         """Send the GET until it has a head: re-issue it after ``preconnect_timeout``,
         retry errors; give up after more than ``max_consecutive_errors`` in a row."""
-        counts = self._counts
+        counts = self.counts
         url = f"{self.url}/{get.seq}"
         errors = 0
         attempt = 0
@@ -392,7 +392,7 @@ class Subscriber(SubscriberState):
         try:
             with trio.move_on_after(self._preconnect_timeout):
                 head = await exchange.read_head()
-                self._counts.wait_ms_total += (trio.current_time() - started) * 1000
+                self.counts.wait_ms_total += (trio.current_time() - started) * 1000
                 if head.status < 500 and head.status not in RETRYABLE_STATUSES:
                     get.exchange, get.head = exchange, head
                     return None, exchange.reused
@@ -440,36 +440,28 @@ async def open_subscriber(
 
     Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
     """
-    own = transport is None
-    if transport is None:
-        transport = Transport(
-            timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    async with (
+        use_transport(
+            transport,
+            timeouts=timeouts,
+            insecure=insecure,
+            ssl_context=ssl_context,
+            headers=headers,
+        ) as transport,
+        open_client_nursery() as nursery,
+    ):
+        subscriber = Subscriber(
+            url,
+            nursery=nursery,
+            transport=transport,
+            start=start,
+            on_gap=on_gap,
+            preconnect_timeout=preconnect_timeout,
+            max_consecutive_errors=max_consecutive_errors,
+            retry_delay=retry_delay,
         )
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            subscriber = Subscriber(
-                url,
-                nursery=nursery,
-                transport=transport,
-                start=start,
-                on_gap=on_gap,
-                preconnect_timeout=preconnect_timeout,
-                max_consecutive_errors=max_consecutive_errors,
-                retry_delay=retry_delay,
-            )
-            try:
-                yield subscriber
-            finally:
-                await subscriber.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if error is None:
-            raise
-    finally:
-        if own:
-            with trio.CancelScope(shield=True):
-                await transport.aclose()
-    if error is not None:
-        raise error
+        try:
+            yield subscriber
+        finally:
+            await subscriber.aclose()
+            nursery.cancel_scope.cancel()
