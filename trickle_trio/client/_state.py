@@ -3,12 +3,14 @@
 ``counts`` is the live counters (the parts of a client add to them); ``stats()`` is a
 frozen snapshot.
 
-``Publisher``/``InProcessPublisher`` and ``Subscriber``/``InProcessSubscriber`` have one
+``Publisher``/``LocalClientPublisher`` and ``Subscriber``/``LocalClientSubscriber`` have one
 API (checked by the protocols in ``api.py``); its read-only part and the state behind it
 live here once. Imports: trio, ``core`` and ``stats``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import trio
 
@@ -16,13 +18,20 @@ from ..core import wire
 from ..core.errors import TrickleError
 from .stats import PublisherCounts, PublisherStats, SubscriberCounts, SubscriberStats
 
+#: What a subscriber does when its seq has left the window (470).
+OnGap = Literal["raise", "jump"]
+
 
 class PublisherState:
-    """A publisher's next seq, its terminal failure, whether it is closing, its counters."""
+    """A publisher's next seq, its terminal failure, whether it is closing, its counters.
 
-    def __init__(self, start: int) -> None:
+    ``name`` (the channel URL, or the channel's name in-process) names it in errors.
+    """
+
+    def __init__(self, start: int, *, name: str) -> None:
         if start < wire.SEQ_NEXT:
             raise ValueError(f"start must be >= 0 or -1, not {start}")
+        self._name = name
         self._seq = max(start, 0)
         self._failure: TrickleError | None = None
         self._closing = False
@@ -49,6 +58,13 @@ class PublisherState:
         if self._failure is None:
             self._failure = error
 
+    def check_usable(self) -> None:  # sync on purpose
+        """Raise what ended the publisher, or RuntimeError once it is closing."""
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise RuntimeError(f"publisher {self._name} is closed")
+
     def stats(self) -> PublisherStats:
         """A snapshot of the counters."""
         return PublisherStats.of(
@@ -60,9 +76,18 @@ class PublisherState:
 
 
 class SubscriberState:
-    """A subscriber's next seq, what it expects and has seen, its end, its counters."""
+    """A subscriber's next seq, what it expects and has seen, its end, its counters, and
+    the rules both transports follow when a seq has left the window (:meth:`_gap`) and
+    when a segment arrives (:meth:`_delivered`)."""
 
-    def __init__(self, start: int) -> None:
+    def __init__(
+        self, start: int, *, on_gap: OnGap, max_consecutive_errors: int, retry_delay: float
+    ) -> None:
+        if on_gap not in ("raise", "jump"):
+            raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
+        self._on_gap = on_gap
+        self._max_errors = max_consecutive_errors
+        self._retry_delay = retry_delay
         self._seq = start
         self._expected: int | None = None
         self._latest = -1
@@ -98,3 +123,24 @@ class SubscriberState:
         self._seq = seq
         self._expected = None
         self._ended = False
+
+    def _gap(self, seq: int, latest: int, behind: int) -> Literal["raise", "jump", "wait"]:
+        """What to do about a 470 for ``seq`` (``latest``: the channel's next write), the
+        ``behind``-th in a row: raise it, jump to the live edge (done here, counted), or
+        wait ``retry_delay`` for a writer that is behind the seq asked for."""
+        if self._on_gap == "raise" or latest < 0:
+            return "raise"
+        if latest >= seq:
+            self.counts.get_470_reset += 1
+            self.counts.seq_gap_events += 1
+            self._seq, self._expected = latest, None
+            return "jump"
+        return "raise" if behind > self._max_errors else "wait"
+
+    def _delivered(self, seq: int, latest: int) -> None:  # sync on purpose
+        """Segment ``seq`` was handed out: count a gap, move the next seq past it."""
+        if self._expected is not None and seq != self._expected:
+            self.counts.seq_gap_events += 1
+        self._seq = self._expected = seq + 1
+        self._latest = max(self._latest, latest, seq)
+        self.counts.segments_delivered += 1

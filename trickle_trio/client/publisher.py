@@ -72,7 +72,7 @@ class Publisher(PublisherState):
         delete_on_close: bool = True,
         close_timeout: float = 5.0,
     ) -> None:
-        super().__init__(start)
+        super().__init__(start, name=url.rstrip("/"))
         if not mime_type.isprintable():
             raise ValueError(f"not a MIME type: {mime_type!r}")
         self.url = url.rstrip("/")
@@ -120,7 +120,7 @@ class Publisher(PublisherState):
             RuntimeError: the publisher is closed.
         """
         await trio.lowlevel.checkpoint()
-        self._check_usable()
+        self.check_usable()
         post = self._preconnect
         assert post is not None
         post.claimed = True
@@ -188,12 +188,6 @@ class Publisher(PublisherState):
         logger.debug("publisher closed url=%s next_seq=%d", self.url, self._seq)
 
     # -- internals --------------------------------------------------------------------------
-
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._closing:
-            raise RuntimeError(f"publisher {self.url} is closed")
 
     async def _start(self) -> None:
         """Resolve the first seq and preconnect it."""

@@ -16,43 +16,30 @@ Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable
-from types import TracebackType
-from typing import Self
-
-import trio
 
 from ..core.errors import TrickleError
 from .http import TransportError
 from .post import Post, PostRunner, SegmentWriteError, is_terminal
+from .segment_state import OPEN, SegmentState
 
 __all__ = ["PublisherSegment"]
 
 logger = logging.getLogger(__name__)
 
 
-_OPEN, _DONE, _FAILED, _DROPPED = "open", "done", "failed", "dropped"
-
-
-class PublisherSegment:
-    """One segment being published. Get one from :meth:`Publisher.next` or
-    ``async with publisher.segment() as seg``.
-
-    Write it chunk by chunk (:meth:`send`, then :meth:`aclose`) or whole (:meth:`write`).
-    As an async context manager: a normal exit ends the body and waits for the
-    acknowledgement; an exception drops the segment (:meth:`drop`) and propagates.
+class PublisherSegment(SegmentState):
+    """One segment being published over HTTP. Get one from :meth:`Publisher.next` or
+    ``async with publisher.segment() as seg``; the methods and their cancellation are
+    :class:`~.segment_state.SegmentState`'s.
 
     Attributes:
         seq: the segment's seq, known before any byte is written.
     """
 
     def __init__(self, runner: PostRunner, post: Post) -> None:
-        self.seq = post.seq
+        super().__init__(post.seq, runner.state.counts, drop_timeout=runner.close_timeout)
         self._runner = runner
-        self._counts = runner.state.counts
         self._post = post
-        self._state = _OPEN
-        self._error: TrickleError | None = None
         self._used = False
         self._auto_retried = False
 
@@ -69,37 +56,9 @@ class PublisherSegment:
     def __repr__(self) -> str:
         return f"<PublisherSegment {self.url} {self._state} bytes={self._post.bytes_sent}>"
 
-    async def __aenter__(self) -> Self:
-        await trio.lowlevel.checkpoint()
-        return self
+    # -- the hooks of SegmentState ----------------------------------------------------------
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.aclose()
-            return
-        with trio.move_on_after(self._runner.close_timeout, shield=True):
-            await self.drop()
-
-    # -- writing ----------------------------------------------------------------------------
-
-    async def send(self, data: bytes) -> None:
-        """Stream one chunk into the segment; subscribers can read it at once.
-
-        Raises:
-            ChannelNotFoundError, ChannelClosedError, HTTPError: the server's answer,
-                even one that came while the POST was idle.
-            SegmentWriteError: the connection broke or the server closed this segment;
-                :meth:`write` re-POSTs it.
-
-        Cancellation: the chunk may be half-sent; the segment then fails on its next use
-            (drop it, or write it again).
-        """
-        self._check_open()
+    async def _send(self, data: bytes) -> None:
         self._used = True
         post = await self._ready_post()
         if not data:
@@ -116,19 +75,7 @@ class PublisherSegment:
             return
         raise await self._failed(post, failure)
 
-    async def aclose(self) -> None:
-        """End the body and wait for the server's acknowledgement (a segment of zero bytes
-        is a valid empty segment). Returns at once if already acknowledged.
-
-        Raises: as :meth:`send`.
-
-        Cancellation: once the body has ended, the publisher's close still waits for the
-            acknowledgement before it deletes the channel.
-        """
-        if self._state in (_DONE, _DROPPED):
-            await trio.lowlevel.checkpoint()
-            return
-        self._check_open()
+    async def _finish(self) -> None:
         self._used = True
         post = await self._ready_post()
         exchange = post.exchange
@@ -144,54 +91,10 @@ class PublisherSegment:
         await post.answered.wait()
         if post.error is not None:
             raise self._fail(post.error)
-        self._state = _DONE
-        counts = self._counts
-        counts.segments_completed += 1
-        if post.bytes_sent == 0:
-            counts.empty_segments_completed += 1
 
-    async def write(self, data: bytes | AsyncIterable[bytes]) -> None:
-        """Write the whole segment from ``data`` and wait for the acknowledgement.
-
-        Calling it on a segment already (partly) written, typically after a failure,
-        re-POSTs the same seq on a fresh connection first (the reference publisher's
-        rule). A source that raises drops the segment and the error propagates.
-
-        Raises: as :meth:`send`.
-        """
-        if self._state is _DROPPED:
-            raise RuntimeError(f"segment {self.seq} was dropped")
-        if self._used or self._state is not _OPEN:
-            await self._repost()
-        if isinstance(data, bytes | bytearray | memoryview):
-            await self.send(bytes(data))
-        else:
-            source = aiter(data)
-            while True:
-                try:
-                    chunk = await anext(source)
-                except StopAsyncIteration:
-                    break
-                except BaseException:
-                    with trio.move_on_after(self._runner.close_timeout, shield=True):
-                        await self.drop()
-                    raise
-                await self.send(chunk)
-        await self.aclose()
-
-    async def drop(self) -> None:
-        """Give the segment up: end its body (or cut its connection if a chunk was cut
-        short) and send ``DELETE {url}/{seq}``, so that its subscribers reach its end.
-
-        Network errors are logged, not raised. Safe to call twice.
-        """
-        if self._state in (_DONE, _DROPPED):
-            await trio.lowlevel.checkpoint()
-            return
-        terminal = self._error is not None and is_terminal(self._error)
-        self._state = _DROPPED
+    async def _abandon(self, error: TrickleError | None) -> None:
+        terminal = error is not None and is_terminal(error)
         runner = self._runner
-        self._counts.segments_dropped += 1
         await runner.let_go(self._post)
         if terminal or runner.state.failure is not None:
             return  # the channel is gone or refuses us: nothing to close there
@@ -202,22 +105,13 @@ class PublisherSegment:
             return
         logger.debug("segment dropped url=%s status=%d", self.url, response.status)
 
+    def _written(self) -> bool:
+        return self._used
+
+    async def _rewrite(self) -> None:
+        await self._repost()
+
     # -- internals --------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._state is _DROPPED:
-            raise RuntimeError(f"segment {self.seq} was dropped")
-        if self._error is not None:
-            raise self._error
-        if self._state is _DONE:
-            raise RuntimeError(f"segment {self.seq} is already complete")
-
-    def _fail(self, error: TrickleError) -> TrickleError:
-        if self._state is not _FAILED:
-            self._state = _FAILED
-            self._counts.segments_failed += 1
-        self._error = error
-        return error
 
     async def _ready_post(self) -> Post:
         """The POST to write to, once its head is out; one silent re-POST if it failed
@@ -262,6 +156,5 @@ class PublisherSegment:
         self._post = self._runner.start(self.seq, reset=old.reset, fresh=True)
         self._post.claimed = True
         self._counts.post_retries += 1
-        self._state = _OPEN
-        self._error = None
+        self._state, self._error = OPEN, None
         self._used = False

@@ -25,13 +25,13 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Literal, Self
+from typing import Self
 
 import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
-from ._state import SubscriberState
+from ._state import OnGap, SubscriberState
 from ._util import RETRYABLE_STATUSES, header_int, open_client_nursery
 from .connection import Exchange
 from .http import (
@@ -47,9 +47,6 @@ from .transport import Transport, use_transport
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
 
 logger = logging.getLogger(__name__)
-
-#: What a subscriber does when its seq has left the window (470).
-OnGap = Literal["raise", "jump"]
 
 
 class _Get:
@@ -175,17 +172,17 @@ class Subscriber(SubscriberState):
         max_consecutive_errors: int = 5,
         retry_delay: float = 0.5,
     ) -> None:
-        if on_gap not in ("raise", "jump"):
-            raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
-        super().__init__(start)
+        super().__init__(
+            start,
+            on_gap=on_gap,
+            max_consecutive_errors=max_consecutive_errors,
+            retry_delay=retry_delay,
+        )
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self._nursery = nursery
         self._transport = transport
-        self._on_gap = on_gap
         self._preconnect_timeout = preconnect_timeout
-        self._max_errors = max_consecutive_errors
-        self._retry_delay = retry_delay
         self._preconnect: _Get | None = None
         self._discarded: list[_Get] = []
         self._current: SubscriberSegment | None = None
@@ -262,31 +259,23 @@ class Subscriber(SubscriberState):
             latest = header_int(headers, wire.LATEST_HEADER, -1)
             if head.status == wire.STATUS_SEQ_NOT_FOUND:
                 await exchange.aclose()
-                if self._on_gap == "raise" or latest < 0:
+                if latest < seq:
+                    behind += 1  # asked ahead of the writer: wait for it rather than go back
+                action = self._gap(seq, latest, behind)
+                if action == "raise":
                     raise SegmentNotFoundError(seq, latest)
-                if latest >= seq:
+                if action == "jump":
                     logger.info("jump to live edge url=%s seq=%d latest=%d", self.url, seq, latest)
-                    self.counts.get_470_reset += 1
-                    self.counts.seq_gap_events += 1
-                    self._seq, self._expected = latest, None
-                    continue
-                # Asked ahead of the writer: wait for it rather than go back.
-                behind += 1
-                if behind > self._max_errors:
-                    raise SegmentNotFoundError(seq, latest)
-                await trio.sleep(self._retry_delay)
+                else:
+                    await trio.sleep(self._retry_delay)
                 continue
             if head.status != 200:
                 body = await self._read_error_body(exchange)
                 raise HTTPError(head.status, body)
-            if self._expected is not None and seq != self._expected:
-                self.counts.seq_gap_events += 1
-            self._seq = self._expected = seq + 1
-            self._latest = max(self._latest, latest, seq)
+            self._delivered(seq, latest)
             self._preconnect = self._start_get(seq + 1)
             segment = SubscriberSegment(self, exchange, head, seq, latest if latest >= 0 else seq)
             self._current = segment
-            self.counts.segments_delivered += 1
             return segment
 
     async def aclose(self) -> None:
