@@ -10,7 +10,9 @@ live here once. Imports: trio, ``core`` and ``stats``.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal, Self
 
 import trio
 
@@ -57,6 +59,28 @@ class PublisherState:
         """Record ``error`` as what ended the publisher (the first one stays)."""
         if self._failure is None:
             self._failure = error
+
+    async def create(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def _start(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    @asynccontextmanager
+    async def _running(self, nursery: trio.Nursery, *, create: bool) -> AsyncIterator[Self]:
+        """The body of ``open_*publisher``: create the channel if asked, start, and close
+        when the block ends, then stop the publisher's tasks in ``nursery``."""
+        try:
+            if create:
+                await self.create()
+            await self._start()
+            yield self
+        finally:
+            await self.aclose()
+            nursery.cancel_scope.cancel()
 
     def check_usable(self) -> None:  # sync on purpose
         """Raise what ended the publisher, or RuntimeError once it is closing."""
@@ -144,3 +168,31 @@ class SubscriberState:
         self._seq = self._expected = seq + 1
         self._latest = max(self._latest, latest, seq)
         self.counts.segments_delivered += 1
+
+
+class SegmentReadState:
+    """What both subscribers' segments share: the bytes read so far, iteration, ``read``.
+
+    A subclass sets ``_bytes`` to 0 and implements ``__anext__``.
+    """
+
+    _bytes: int
+
+    @property
+    def bytes_read(self) -> int:
+        """Body bytes handed to the caller so far."""
+        return self._bytes
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError  # pragma: no cover
+
+    async def read(self) -> bytes:
+        """The rest of the body (waits for the segment's end).
+
+        Cancellation: what was read by this call is lost to the caller (iterate the
+        segment to keep each chunk); reading can go on from where it stopped.
+        """
+        return b"".join([chunk async for chunk in self])

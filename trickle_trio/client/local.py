@@ -348,14 +348,8 @@ async def open_local_publisher(
             reset=reset,
             delete_on_close=delete_on_close,
         )
-        try:
-            if create:
-                await publisher.create()
-            await publisher._start()
+        async with publisher._running(nursery, create=create):
             yield publisher
-        finally:
-            await publisher.aclose()
-            nursery.cancel_scope.cancel()
 
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, SegmentNotFoundError
 from ..local import LocalSegment, LocalSubscriber
-from ._state import OnGap, SubscriberState
+from ._state import OnGap, SegmentReadState, SubscriberState
 from .http import Headers
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalClientSubscriber", "LocalClientSubscriberSegment", "open_local_subscriber"]
 
 
-class LocalClientSubscriberSegment:
+class LocalClientSubscriberSegment(SegmentReadState):
     """One segment read in-process; the API of
     :class:`~trickle_trio.client.SubscriberSegment`."""
 
@@ -54,14 +54,11 @@ class LocalClientSubscriberSegment:
     def complete(self) -> bool:
         return self._done and self._first is None
 
-    @property
-    def bytes_read(self) -> int:
-        return self._bytes
-
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> bytes:
+        """The next chunk of the segment.
+
+        Cancellation: atomic; no chunk is lost.
+        """
         if self._first is not None:
             await trio.lowlevel.checkpoint()
             chunk, self._first = self._first, None
@@ -77,9 +74,6 @@ class LocalClientSubscriberSegment:
         self._bytes += len(chunk)
         self._subscriber.counts.bytes_received += len(chunk)
         return chunk
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self])
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

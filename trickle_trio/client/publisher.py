@@ -36,11 +36,11 @@ import trio
 from ..core import wire
 from ..core.errors import HTTPError, TrickleError
 from ._state import PublisherState
-from ._util import NextSegment, answer_error, header_int, open_client_nursery
+from ._util import NextSegment, answer_error, header_int
 from .http import Timeouts, split_url
 from .post import Post, PostRunner, SegmentWriteError, fails_publisher
 from .publisher_segment import PublisherSegment
-from .transport import Transport, use_transport
+from .transport import Transport, open_client
 
 __all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
 
@@ -289,16 +289,9 @@ async def open_publisher(
             soon as it arrives (even to the idle preconnect: the block is cancelled).
         Whatever the block raised, unwrapped from the nursery's exception group.
     """
-    async with (
-        use_transport(
-            transport,
-            timeouts=timeouts,
-            insecure=insecure,
-            ssl_context=ssl_context,
-            headers=headers,
-        ) as transport,
-        open_client_nursery() as nursery,
-    ):
+    async with open_client(
+        transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    ) as (transport, nursery):
         publisher = Publisher(
             url,
             mime_type,
@@ -309,11 +302,5 @@ async def open_publisher(
             delete_on_close=delete_on_close,
             close_timeout=close_timeout,
         )
-        try:
-            if create:
-                await publisher.create()
-            await publisher._start()
+        async with publisher._running(nursery, create=create):
             yield publisher
-        finally:
-            await publisher.aclose()
-            nursery.cancel_scope.cancel()

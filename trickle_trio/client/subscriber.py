@@ -31,8 +31,8 @@ import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
-from ._state import OnGap, SubscriberState
-from ._util import RETRYABLE_STATUSES, header_int, open_client_nursery
+from ._state import OnGap, SegmentReadState, SubscriberState
+from ._util import RETRYABLE_STATUSES, header_int
 from .connection import Exchange
 from .http import (
     Headers,
@@ -42,7 +42,7 @@ from .http import (
     TransportTimeout,
     split_url,
 )
-from .transport import Transport, use_transport
+from .transport import Transport, open_client
 
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
 
@@ -63,7 +63,7 @@ class _Get:
         self.scope = trio.CancelScope()
 
 
-class SubscriberSegment:
+class SubscriberSegment(SegmentReadState):
     """One segment as it arrives: metadata, and the body as an async iterator of chunks.
 
     ``async for chunk in segment`` yields each chunk as the server sends it and ends with
@@ -104,13 +104,6 @@ class SubscriberSegment:
         """The body was read to its end."""
         return self._done and self._exchange.response_done
 
-    @property
-    def bytes_read(self) -> int:
-        return self._bytes
-
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> bytes:
         """The next chunk of the body.
 
@@ -139,10 +132,6 @@ class SubscriberSegment:
         self._bytes += len(chunk)
         self._subscriber.counts.bytes_received += len(chunk)
         return chunk
-
-    async def read(self) -> bytes:
-        """The rest of the body (waits for the segment's end)."""
-        return b"".join([chunk async for chunk in self])
 
     async def aclose(self) -> None:
         """Stop reading: a segment not read to its end has its connection closed."""
@@ -429,16 +418,9 @@ async def open_subscriber(
 
     Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
     """
-    async with (
-        use_transport(
-            transport,
-            timeouts=timeouts,
-            insecure=insecure,
-            ssl_context=ssl_context,
-            headers=headers,
-        ) as transport,
-        open_client_nursery() as nursery,
-    ):
+    async with open_client(
+        transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    ) as (transport, nursery):
         subscriber = Subscriber(
             url,
             nursery=nursery,

@@ -26,6 +26,7 @@ from typing import Self
 import h11
 import trio
 
+from ._util import open_client_nursery
 from .connection import Connection, Exchange
 from .http import (
     MAX_SMALL_BODY,
@@ -40,7 +41,7 @@ from .http import (
     transport_errors,
 )
 
-__all__ = ["Transport", "TransportStats", "use_transport"]
+__all__ = ["Transport", "TransportStats", "open_client", "use_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -303,3 +304,31 @@ async def use_transport(
         timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
     ) as own:
         yield own
+
+
+@asynccontextmanager
+async def open_client(
+    transport: Transport | None,
+    *,
+    timeouts: Timeouts | None,
+    insecure: bool,
+    ssl_context: ssl.SSLContext | None,
+    headers: Iterable[tuple[str, str]],
+) -> AsyncIterator[tuple[Transport, trio.Nursery]]:
+    """What an HTTP client runs in: its transport (:func:`use_transport`) and the nursery
+    of its background tasks, whose one error comes out unwrapped.
+
+    Cancellation: the nursery's tasks are cancelled and waited for, then a transport made
+    here is closed (shielded).
+    """
+    async with (
+        use_transport(
+            transport,
+            timeouts=timeouts,
+            insecure=insecure,
+            ssl_context=ssl_context,
+            headers=headers,
+        ) as own,
+        open_client_nursery() as nursery,
+    ):
+        yield own, nursery
