@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal, Self
+from typing import Generic, Literal, Self, TypeVar
 
 import trio
 
@@ -99,13 +99,16 @@ class PublisherState:
         )
 
 
-class SubscriberState:
+_Segment = TypeVar("_Segment")
+
+
+class SubscriberState(Generic[_Segment]):
     """A subscriber's next seq, what it expects and has seen, its end, its counters, and
     the rules both transports follow when a seq has left the window (:meth:`_gap`) and
     when a segment arrives (:meth:`_delivered`)."""
 
     def __init__(
-        self, start: int, *, on_gap: OnGap, max_consecutive_errors: int, retry_delay: float
+        self, start: int, on_gap: OnGap, max_consecutive_errors: int, retry_delay: float
     ) -> None:
         if on_gap not in ("raise", "jump"):
             raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
@@ -147,6 +150,32 @@ class SubscriberState:
         self._seq = seq
         self._expected = None
         self._ended = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> _Segment:
+        segment = await self.next()
+        if segment is None:
+            raise StopAsyncIteration
+        return segment
+
+    async def next(self) -> _Segment | None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    @asynccontextmanager
+    async def _running(self, nursery: trio.Nursery | None = None) -> AsyncIterator[Self]:
+        """The body of ``open_*subscriber``: close when the block ends, then stop the
+        subscriber's tasks in ``nursery``."""
+        try:
+            yield self
+        finally:
+            await self.aclose()
+            if nursery is not None:
+                nursery.cancel_scope.cancel()
 
     def _gap(self, seq: int, latest: int, behind: int) -> Literal["raise", "jump", "wait"]:
         """What to do about a 470 for ``seq`` (``latest``: the channel's next write), the

@@ -7,9 +7,8 @@ Imports: stdlib, trio and ``trickle_trio.core``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
-from types import TracebackType
-from typing import Final, Generic, Protocol, TypeVar
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -66,43 +65,24 @@ async def open_client_nursery() -> AsyncIterator[trio.Nursery]:
         raise error
 
 
-class _SegmentLike(Protocol):
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-_Segment = TypeVar("_Segment", bound=_SegmentLike)
-_Segment_co = TypeVar("_Segment_co", bound=_SegmentLike, covariant=True)
+_Segment = TypeVar("_Segment", bound=AbstractAsyncContextManager[Any])
+_Segment_co = TypeVar("_Segment_co", bound=AbstractAsyncContextManager[Any], covariant=True)
 
 
 class _Opener(Protocol[_Segment_co]):
     async def next(self) -> _Segment_co: ...
 
 
-class NextSegment(Generic[_Segment]):
-    """``async with publisher.segment() as seg``: ``publisher.next()`` on entry, the
-    segment's own ``__aexit__`` on exit (ends it, or drops it on an exception)."""
+@asynccontextmanager
+async def next_segment(publisher: _Opener[_Segment]) -> AsyncIterator[_Segment]:
+    """``async with publisher.segment() as seg``: ``publisher.next()``, then the segment
+    as its own context (ends it on a normal exit, drops it on an exception).
 
-    def __init__(self, publisher: _Opener[_Segment]) -> None:
-        self._publisher = publisher
-        self._segment: _Segment | None = None
-
-    async def __aenter__(self) -> _Segment:
-        self._segment = await self._publisher.next()
-        return self._segment
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._segment is not None
-        await self._segment.__aexit__(exc_type, exc, tb)
+    Cancellation: as the segment's ``__aexit__`` (a shielded, bounded drop).
+    """
+    segment = await publisher.next()
+    async with segment:
+        yield segment
 
 
 def header_int(headers: Mapping[str, str], name: str, default: int) -> int:

@@ -15,6 +15,7 @@ Imports: stdlib and the sibling ``stats`` module.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -47,17 +48,6 @@ class PublisherSegmentLike(Protocol):
     ) -> None: ...
 
 
-class _SegmentContext(Protocol):
-    async def __aenter__(self) -> PublisherSegmentLike: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
 class PublisherLike(Protocol):
     """A publisher (:class:`~trickle_trio.client.Publisher`)."""
 
@@ -70,7 +60,7 @@ class PublisherLike(Protocol):
 
     async def next(self) -> PublisherSegmentLike: ...
 
-    def segment(self) -> _SegmentContext: ...
+    def segment(self) -> AbstractAsyncContextManager[PublisherSegmentLike]: ...
 
     async def write(self, data: bytes | AsyncIterable[bytes]) -> int: ...
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Self
 
 import trio
@@ -37,7 +37,7 @@ from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, TrickleError
 from ..local import LocalPublisher
 from ._state import PublisherState
-from ._util import NextSegment, open_client_nursery
+from ._util import next_segment, open_client_nursery
 from .local_subscriber import (
     LocalClientSubscriber,
     LocalClientSubscriberSegment,
@@ -282,9 +282,9 @@ class LocalClientPublisher(PublisherState):
         self.counts.segments_started += 1
         return segment
 
-    def segment(self) -> NextSegment[LocalClientPublisherSegment]:
+    def segment(self) -> AbstractAsyncContextManager[LocalClientPublisherSegment]:
         """As :meth:`Publisher.segment <trickle_trio.client.Publisher.segment>`."""
-        return NextSegment(self)
+        return next_segment(self)
 
     async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
         """Publish one whole segment from bytes or an async byte source; return its seq.

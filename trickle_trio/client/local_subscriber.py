@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -81,7 +81,7 @@ class LocalClientSubscriberSegment(SegmentReadState):
         self._first = None
 
 
-class LocalClientSubscriber(SubscriberState):
+class LocalClientSubscriber(SubscriberState[LocalClientSubscriberSegment]):
     """Reads channel ``channel`` of ``registry`` in-process; the API of
     :class:`~trickle_trio.client.Subscriber`. Made by :func:`open_local_subscriber`."""
 
@@ -95,25 +95,11 @@ class LocalClientSubscriber(SubscriberState):
         max_consecutive_errors: int = 5,
         retry_delay: float = 0.5,
     ) -> None:
-        super().__init__(
-            start,
-            on_gap=on_gap,
-            max_consecutive_errors=max_consecutive_errors,
-            retry_delay=retry_delay,
-        )
+        super().__init__(start, on_gap, max_consecutive_errors, retry_delay)
         self.channel = channel
         self._registry = registry
         self._local = LocalSubscriber(registry, channel)
         self._seen: Channel | None = None
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> LocalClientSubscriberSegment:
-        segment = await self.next()
-        if segment is None:
-            raise StopAsyncIteration
-        return segment
 
     def _channel_gone(self) -> bool:
         """The channel this subscriber has read from was closed (deleted since)."""
@@ -193,7 +179,5 @@ async def open_local_subscriber(
         max_consecutive_errors=max_consecutive_errors,
         retry_delay=retry_delay,
     )
-    try:
+    async with subscriber._running():
         yield subscriber
-    finally:
-        await subscriber.aclose()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import trio
@@ -36,7 +36,7 @@ import trio
 from ..core import wire
 from ..core.errors import HTTPError, TrickleError
 from ._state import PublisherState
-from ._util import NextSegment, answer_error, header_int
+from ._util import answer_error, header_int, next_segment
 from .http import Timeouts, split_url
 from .post import Post, PostRunner, SegmentWriteError, fails_publisher
 from .publisher_segment import PublisherSegment
@@ -129,9 +129,13 @@ class Publisher(PublisherState):
         self.counts.segments_started += 1
         return PublisherSegment(self._runner, post)
 
-    def segment(self) -> NextSegment[PublisherSegment]:
-        """``async with pub.segment() as seg:`` - :meth:`next`, then close or drop."""
-        return NextSegment(self)
+    def segment(self) -> AbstractAsyncContextManager[PublisherSegment]:
+        """``async with pub.segment() as seg:`` - :meth:`next`, then close or drop.
+
+        Cancellation: as :meth:`next` on entry; on exit as :meth:`PublisherSegment.aclose`,
+        or a shielded drop bounded by ``close_timeout`` after an exception.
+        """
+        return next_segment(self)
 
     async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
         """Publish one whole segment from bytes or an async byte source; return its seq.

@@ -25,7 +25,6 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Self
 
 import trio
 
@@ -139,7 +138,7 @@ class SubscriberSegment(SegmentReadState):
         await self._exchange.aclose()
 
 
-class Subscriber(SubscriberState):
+class Subscriber(SubscriberState[SubscriberSegment]):
     """Reads the segments of one channel over HTTP. Made by :func:`open_subscriber`.
 
     ``async for segment in subscriber`` (or ``await subscriber.next()``, ``None`` at the
@@ -161,12 +160,7 @@ class Subscriber(SubscriberState):
         max_consecutive_errors: int = 5,
         retry_delay: float = 0.5,
     ) -> None:
-        super().__init__(
-            start,
-            on_gap=on_gap,
-            max_consecutive_errors=max_consecutive_errors,
-            retry_delay=retry_delay,
-        )
+        super().__init__(start, on_gap, max_consecutive_errors, retry_delay)
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self._nursery = nursery
@@ -190,15 +184,6 @@ class Subscriber(SubscriberState):
         if self._preconnect is not None and self._preconnect.seq != seq:
             self._discard(self._preconnect)
             self._preconnect = None
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SubscriberSegment:
-        segment = await self.next()
-        if segment is None:
-            raise StopAsyncIteration
-        return segment
 
     async def next(self) -> SubscriberSegment | None:
         """The next segment, once its head has arrived; ``None`` at the end of the stream.
@@ -431,8 +416,5 @@ async def open_subscriber(
             max_consecutive_errors=max_consecutive_errors,
             retry_delay=retry_delay,
         )
-        try:
+        async with subscriber._running(nursery):
             yield subscriber
-        finally:
-            await subscriber.aclose()
-            nursery.cancel_scope.cancel()
