@@ -61,12 +61,14 @@ class PublisherState:
             self._failure = error
 
     async def create(self) -> None:
+        """Create the channel (each transport's; cancellation as documented there)."""
         raise NotImplementedError  # pragma: no cover
 
     async def _start(self) -> None:
         raise NotImplementedError  # pragma: no cover
 
     async def aclose(self) -> None:
+        """Close the publisher (each transport's; cancellation: shielded there)."""
         raise NotImplementedError  # pragma: no cover
 
     @asynccontextmanager
@@ -155,15 +157,19 @@ class SubscriberState(Generic[_Segment]):
         return self
 
     async def __anext__(self) -> _Segment:
+        """The next segment (:meth:`next`); cancellation as there."""
         segment = await self.next()
         if segment is None:
             raise StopAsyncIteration
         return segment
 
     async def next(self) -> _Segment | None:
+        """The next segment, ``None`` at the end (each transport's; cancellation: safe,
+        nothing is consumed, as documented there)."""
         raise NotImplementedError  # pragma: no cover
 
     async def aclose(self) -> None:
+        """Close the subscriber (each transport's; cancellation as documented there)."""
         raise NotImplementedError  # pragma: no cover
 
     @asynccontextmanager
@@ -216,6 +222,7 @@ class SegmentReadState:
         return self
 
     async def __anext__(self) -> bytes:
+        """The next chunk (each transport's; cancellation: no chunk is lost)."""
         raise NotImplementedError  # pragma: no cover
 
     async def read(self) -> bytes:

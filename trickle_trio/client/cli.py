@@ -297,6 +297,8 @@ async def server_draining(transport: Transport, url: str) -> str | None:
 
     Asks ``GET /readyz`` once: unreachable, or 503 (trickle-trio while it drains), means
     going away; any other answer (200, or a server without the route) means it is up.
+
+    Cancellation: the probe is abandoned (its connection closed).
     """
     origin = split_url(url)[0]
     probe = f"{origin.scheme}://{origin.host_header}/readyz"
@@ -325,6 +327,10 @@ async def run_client_command(
         args: parsed by the ``trickle-trio`` parser.
         stdin, stdout, stderr: default to the process's.
         handle_signals: stop politely on SIGINT/SIGTERM (exit 130/143); main thread only.
+
+    Cancellation: the command's clients close as their ``open_*`` blocks do (a segment
+    being published is ended whole or cut visibly, never cut silently); the transport is
+    closed, and Cancelled propagates.
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer

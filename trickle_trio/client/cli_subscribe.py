@@ -126,7 +126,11 @@ def _write(out: IO[bytes], data: bytes) -> None:
 
 
 async def output(out: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to ``out`` in a thread (a pipe may block)."""
+    """Write ``data`` to ``out`` in a thread (a pipe may block).
+
+    Cancellation: the thread is abandoned and may still write ``data`` afterwards (a
+    pipe's write cannot be interrupted); the caller stops at once.
+    """
     await trio.to_thread.run_sync(_write, out, data, abandon_on_cancel=True)
 
 

@@ -99,7 +99,11 @@ def player_argv(player: str, url: str, title: str, token: str | None) -> list[st
 
 
 async def watch(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
-    """Run ``watch``: the player's exit code, or 0 after printing."""
+    """Run ``watch``: the player's exit code, or 0 after printing.
+
+    Cancellation (Ctrl-C): the player is stopped (``trio.run_process`` kills it) and the
+    probe's connection closed.
+    """
     url = live_url(args)
     exchange = await transport.open("GET", url)
     try:

@@ -88,10 +88,20 @@ class Connection:
         self._release: trio.Semaphore | None = release
 
     async def send(self, event: h11.Request | h11.Data | h11.EndOfMessage) -> None:
+        """Write ``event``'s bytes.
+
+        Cancellation: the bytes may be half-written; h11 counts them as sent, so the
+        connection is unusable (its exchange closes it).
+        """
         for piece in self.h11.send_with_data_passthrough(event) or ():
             await self.stream.send_all(piece)
 
     async def receive_event(self) -> object:
+        """The next h11 event, reading from the socket as needed.
+
+        Cancellation: safe between reads (h11 keeps what arrived), but an exchange cut
+        mid-response is not clean, and its connection is closed, not reused.
+        """
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
@@ -111,7 +121,10 @@ class Connection:
             return True
 
     async def aclose(self) -> None:
-        """Close at once (no TLS close_notify wait); safe to call twice."""
+        """Close at once (no TLS close_notify wait); safe to call twice.
+
+        Cancellation: the socket is closed even so (``trio.aclose_forcefully``).
+        """
         if self._release is not None:
             self._release.release()
             self._release = None
@@ -257,6 +270,9 @@ class Exchange:
         Raises:
             TransportTimeout: ``first_byte`` passed since the body ended.
             TransportError: the connection broke or the response is malformed.
+
+        Cancellation: a head not yet complete is abandoned and the connection will not be
+        reused (closed by :meth:`aclose`); the request body, if open, is left as it is.
         """
         if self.head is not None:
             await trio.lowlevel.checkpoint()
@@ -305,6 +321,9 @@ class Exchange:
         Raises:
             TransportTimeout: ``between_chunks`` passed without a chunk.
             TransportError: the connection broke mid-body.
+
+        Cancellation: no chunk is lost (none was taken from h11), but the response is cut:
+        the connection is closed, not reused, by :meth:`aclose`.
         """
         await self.read_head()
         if self._response_done:
@@ -328,7 +347,10 @@ class Exchange:
         raise TransportTimeout("between_chunks", self.url)
 
     async def read_body(self, limit: int = MAX_SMALL_BODY) -> bytes:
-        """The rest of the response body, up to ``limit`` bytes (the rest is dropped)."""
+        """The rest of the response body, up to ``limit`` bytes (the rest is dropped).
+
+        Cancellation: what was read is lost, and the connection is not reused.
+        """
         parts: list[bytes] = []
         size = 0
         while size <= limit and (chunk := await self.read_chunk()):

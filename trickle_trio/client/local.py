@@ -337,6 +337,10 @@ async def open_local_publisher(
     Raises:
         ChannelNotFoundError: the channel does not exist (and ``create`` is false).
         ChannelClosedError: the channel was deleted while the publisher was open.
+
+    Cancellation: the block's cancellation closes the publisher (shielded): a segment
+    with bytes in it is ended there, whole as written, and the channel is deleted (if
+    ``delete_on_close``); then its writer tasks are cancelled.
     """
     async with open_client_nursery() as nursery:
         publisher = LocalClientPublisher(

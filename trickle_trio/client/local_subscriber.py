@@ -76,9 +76,13 @@ class LocalClientSubscriberSegment(SegmentReadState):
         return chunk
 
     async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+        """Stop reading this segment (the channel keeps it for other readers).
+
+        Cancellation: the segment is closed before the checkpoint.
+        """
         self._done = True
         self._first = None
+        await trio.lowlevel.checkpoint()
 
 
 class LocalClientSubscriber(SubscriberState[LocalClientSubscriberSegment]):
@@ -108,7 +112,11 @@ class LocalClientSubscriber(SubscriberState[LocalClientSubscriberSegment]):
         return (seen is not None and seen.closed) or (current is not None and current.closed)
 
     async def next(self) -> LocalClientSubscriberSegment | None:
-        """As :meth:`Subscriber.next <trickle_trio.client.Subscriber.next>`."""
+        """As :meth:`Subscriber.next <trickle_trio.client.Subscriber.next>`.
+
+        Cancellation: safe; nothing is consumed (the seq is not advanced), so the next
+        call asks for the same segment again.
+        """
         if self._closed:
             raise RuntimeError(f"subscriber {self.channel} is closed")
         behind = 0
@@ -170,6 +178,8 @@ async def open_local_subscriber(
     """:func:`~trickle_trio.client.open_subscriber` in-process: a
     :class:`LocalClientSubscriber` of channel ``channel`` of ``registry``, closed when the
     block ends. Arguments and errors as for ``open_subscriber`` (no transport options).
+
+    Cancellation: the block's cancellation closes the subscriber; nothing is left running.
     """
     subscriber = LocalClientSubscriber(
         registry,

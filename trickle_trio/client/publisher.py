@@ -104,6 +104,9 @@ class Publisher(PublisherState):
             ChannelNotFoundError: the server does not autocreate (404).
             HTTPError: another refusal (a before-create hook's 4xx).
             TransportError: no answer.
+
+        Cancellation: the request is abandoned (its connection closed); the channel may
+        or may not have been created.
         """
         response = await self._transport.request(
             "POST", self.url, [(wire.EXPECT_CONTENT_HEADER, self.mime_type)]
@@ -118,6 +121,9 @@ class Publisher(PublisherState):
         Raises:
             ChannelNotFoundError, ChannelClosedError, HTTPError: the publisher failed.
             RuntimeError: the publisher is closed.
+
+        Cancellation: safe (it lands before anything changes): the preconnect stays for
+        the next call.
         """
         await trio.lowlevel.checkpoint()
         self.check_usable()
@@ -144,6 +150,11 @@ class Publisher(PublisherState):
         fresh connection.
 
         Raises: as :meth:`PublisherSegment.send`.
+
+        Cancellation: as :meth:`PublisherSegment.write`: a segment cut while its body is
+        written is cut visibly (its POST's connection is closed, no terminating chunk);
+        one whose body had ended stays whole, and the publisher's close waits for its
+        acknowledgement.
         """
         segment = await self.next()
         try:
@@ -292,6 +303,11 @@ async def open_publisher(
         ChannelNotFoundError, ChannelClosedError, HTTPError: the server's answer, as
             soon as it arrives (even to the idle preconnect: the block is cancelled).
         Whatever the block raised, unwrapped from the nursery's exception group.
+
+    Cancellation: the block's cancellation closes the publisher as :meth:`Publisher.aclose`
+    does (shielded, bounded by ``close_timeout``): segments whose body ended are
+    acknowledged, one cut mid-chunk is cut visibly; then the channel is deleted, the
+    POSTs' tasks are cancelled and a transport made here is closed.
     """
     async with open_client(
         transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers

@@ -69,6 +69,8 @@ class SegmentState(ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """:meth:`aclose` after a normal exit; after an exception (a cancellation too),
+        :meth:`drop`, shielded and bounded by the publisher's ``close_timeout``."""
         if exc is None:
             await self.aclose()
             return

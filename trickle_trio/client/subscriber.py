@@ -133,7 +133,10 @@ class SubscriberSegment(SegmentReadState):
         return chunk
 
     async def aclose(self) -> None:
-        """Stop reading: a segment not read to its end has its connection closed."""
+        """Stop reading: a segment not read to its end has its connection closed.
+
+        Cancellation: the segment is closed even so (its connection closed or pooled).
+        """
         self._done = True
         await self._exchange.aclose()
 
@@ -253,7 +256,10 @@ class Subscriber(SubscriberState[SubscriberSegment]):
             return segment
 
     async def aclose(self) -> None:
-        """Stop: close the segment being read and every GET in flight. Safe to call twice."""
+        """Stop: close the segment being read and every GET in flight. Safe to call twice.
+
+        Cancellation: shielded; returns once every GET's task has ended.
+        """
         self._closed = True
         if self._preconnect is not None:
             self._discard(self._preconnect)
@@ -402,6 +408,9 @@ async def open_subscriber(
         transport: a transport to share instead (its options win).
 
     Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
+
+    Cancellation: the block's cancellation closes the subscriber (shielded: every GET in
+    flight is cancelled and its connection closed) and a transport made here.
     """
     async with open_client(
         transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers

@@ -104,6 +104,7 @@ class Transport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        """Close the idle connections (:meth:`aclose`), shielded from cancellation."""
         with trio.CancelScope(shield=True):
             await self.aclose()
 
@@ -142,6 +143,9 @@ class Transport:
         Raises:
             TransportError, TransportTimeout: connecting or sending the head failed.
             ValueError: the URL or a header cannot be sent.
+
+        Cancellation: no exchange is returned; a connection opened or taken from the pool
+        for it is closed (a head cut short leaves nothing half-sent to reuse).
         """
         origin, target = split_url(url)
         all_headers = [
@@ -188,6 +192,9 @@ class Transport:
 
         Raises:
             TransportError, TransportTimeout.
+
+        Cancellation: the request is abandoned and its connection closed, not pooled
+        (a request body cut short is visible to the server as an aborted connection).
         """
         for attempt in (1, 2):
             exchange = await self.open(method, url, headers, content_length=len(body))
@@ -209,7 +216,12 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
-        """Close every idle connection; connections in use close with their exchange."""
+        """Close every idle connection; connections in use close with their exchange.
+        Later check-ins close their connection instead of pooling it.
+
+        Cancellation: the pool is closed at once; the idle connections are closed even so
+        (each with ``trio.aclose_forcefully``).
+        """
         self._closed = True
         idle = [conn for conns in self._idle.values() for conn in conns]
         self._idle.clear()
