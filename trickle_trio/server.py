@@ -28,6 +28,7 @@ from quart_trio import QuartTrio
 
 from . import h1
 from .config import Settings
+from .h1.admission import Admission
 from .http.app import app_state, create_app
 from .http.state import ServerState
 from .registry import ChannelRegistry
@@ -135,10 +136,19 @@ class RunningServer:
     app: QuartTrio
     state: ServerState
     _stop: trio.Event
+    _stopped: trio.Event
+    #: The connection caps at accept (trickle-trio's own server), or None (hypercorn).
+    admission: Admission | None = None
 
     async def shutdown(self) -> None:
-        """Drain every channel, then stop hypercorn (returns once it has stopped)."""
+        """Drain every channel, then stop the HTTP server; returns once it has stopped
+        (every connection closed or reset at the graceful timeout). The channels'
+        nursery and the lifespan end with the ``open_server`` block.
+
+        Cancellation: the wait is abandoned; the shutdown, once begun, goes on.
+        """
         self._stop.set()
+        await self._stopped.wait()
 
 
 @asynccontextmanager
@@ -182,8 +192,12 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
             await stop.wait()
             logger.info("drained channels=%d", await state.drain())
 
+        stopped = trio.Event()
+        admission = None
         async with trio.open_nursery() as server_nursery:
             if settings.fast_path:
+                admission = Admission(settings.max_connections, settings.max_connections_per_client)
+                registry.add_gauges(admission.gauges)
                 serving: Any = partial(
                     h1.serve,
                     app,
@@ -192,6 +206,7 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
                     keep_alive_timeout=settings.keep_alive_timeout,
                     graceful_timeout=settings.graceful_timeout,
                     max_head_bytes=settings.max_header_bytes,
+                    admission=admission,
                     ssl_context=_ssl_context(settings),
                 )
             else:
@@ -202,18 +217,28 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
                     sockets=sockets,
                     shutdown_trigger=drain_then_stop,
                 )
-            urls: list[str] = await server_nursery.start(serving)
+            urls: list[str] = await server_nursery.start(_until_stopped, serving, stopped)
             if settings.fast_path:
                 logger.info("fast path on: trickle-trio's HTTP/1.1 server on %s", " ".join(urls))
             else:
                 logger.info("fast path off: stock hypercorn on %s", " ".join(urls))
             url = urls[0] + state.base_path.rstrip("/")
-            server = RunningServer(urls, url, registry, app, state, stop)
+            server = RunningServer(urls, url, registry, app, state, stop, stopped, admission)
             try:
                 yield server
             finally:
                 stop.set()
         channel_nursery.cancel_scope.cancel()
+
+
+async def _until_stopped(
+    serving: Any, stopped: trio.Event, *, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    """Run the HTTP server; ``stopped`` is set when it has returned (or failed)."""
+    try:
+        await serving(task_status=task_status)
+    finally:
+        stopped.set()
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
