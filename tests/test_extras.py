@@ -4,7 +4,9 @@
 interpreter in which those distributions cannot be imported (a ``sys.meta_path`` finder
 answers ModuleNotFoundError for them, as Python does for a package that is not
 installed): the client imports and its commands run, the pytest plugin loads, and what
-needs the server says, in one line, to install ``trickle-trio[server]``.
+needs the server says, in one line, to install ``trickle-trio[server]``. Last, the real
+thing: ``pip install <checkout> pytest`` in a new virtual environment installs none of
+the server's distributions, and the same holds there.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from trickle_trio.extras import SERVER_PACKAGES
+
+from .test_plugin_install import clean_env, install_checkout
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -119,3 +125,40 @@ def test_the_pytest_plugin_loads_without_the_server_extra(tmp_path: Path) -> Non
     ) in output, output
     assert "ModuleNotFoundError" not in output, output
     assert "During handling" not in output, output
+
+
+@pytest.fixture(scope="module")
+def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pip install trickle-trio pytest`` (no extra) in a new virtual environment."""
+    return install_checkout(tmp_path_factory.mktemp("client-install"), "{checkout}", "pytest")
+
+
+def test_the_base_install_is_the_client_alone(client_venv: Path, tmp_path: Path) -> None:
+    bin_dir = client_venv / "bin"
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=clean_env(),
+            check=False,
+        )
+
+    freeze = run(str(bin_dir / "python"), "-m", "pip", "list", "--format=freeze")
+    installed = {line.split("==")[0].lower().replace("-", "_") for line in freeze.stdout.split()}
+    assert {"trio", "h11", "trickle_trio"} <= installed, freeze.stdout
+    assert not installed & {"hypercorn", "quart", "quart_trio", "werkzeug", "httptools"}
+    assert "prometheus_client" not in installed, freeze.stdout
+    probe = run(str(bin_dir / "python"), "-c", "import trickle_trio.client.api, trickle_trio.cli")
+    assert probe.returncode == 0, probe.stderr
+    serve = run(str(bin_dir / "trickle-trio"), "serve", "--port", "0")
+    assert serve.returncode == 2, serve.stderr
+    assert serve.stderr.strip().endswith("pip install 'trickle-trio[server]'"), serve.stderr
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    pass\n", encoding="utf-8")
+    tests = run(str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    plugins = run(str(bin_dir / "python"), "-m", "pytest", "--version", "--version")
+    assert "trickle-trio-0.1.0" in plugins.stdout + plugins.stderr, plugins.stdout
