@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from trickle_trio.client import Transport
-from trickle_trio.client.http import Exchange
+from trickle_trio.client.connection import Exchange
 
 #: Bound for every real-socket test step.
 STEP = 10.0

@@ -3,7 +3,7 @@
 The interop sizes (0 B, 1 B, 1 MiB, 16 MiB) go through real sockets, written whole and
 chunk by chunk, read by a subscriber that was waiting before the first byte and by one
 that comes afterwards. The parity tests run one scenario, unchanged, over HTTP and over
-the in-process twins.
+the in-process clients.
 """
 
 from __future__ import annotations

@@ -30,15 +30,8 @@ from trickle_trio.client import (
     open_publisher,
     open_subscriber,
 )
-from trickle_trio.client.http import (
-    Exchange,
-    Origin,
-    ResponseArrived,
-    _Connection,
-    _readable_now,
-    make_ssl_context,
-    split_url,
-)
+from trickle_trio.client.connection import Connection, Exchange, _readable_now
+from trickle_trio.client.http import Origin, ResponseArrived, make_ssl_context, split_url
 from trickle_trio.server import RunningServer
 
 from .client_support import STEP, fresh_name, read_request_head, scripted_server
@@ -105,9 +98,8 @@ async def test_a_cancelled_end_still_ends_the_body() -> None:
     writes the end of the body once it can: the server gets a complete request. A
     lockstep stream makes every write wait for the peer's read."""
     client, server = trio.testing.lockstep_stream_pair()
-    transport = Transport()
-    conn = _Connection(client, Origin("http", "test", 80), trio.Semaphore(1))
-    exchange = Exchange(transport, conn, "http://test/ch/0", reused=False)
+    conn = Connection(client, Origin("http", "test", 80), trio.Semaphore(1))
+    exchange = Exchange(conn, "http://test/ch/0", Timeouts())
     request = h11.Request(
         method="POST", target="/ch/0", headers=[("Host", "test"), ("Transfer-Encoding", "chunked")]
     )
@@ -118,7 +110,7 @@ async def test_a_cancelled_end_still_ends_the_body() -> None:
 
     with trio.fail_after(STEP):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(exchange._write, request)
+            nursery.start_soon(exchange.send_head, request)
             while not received.endswith(b"\r\n\r\n"):
                 await read_some()
         async with trio.open_nursery() as nursery:

@@ -50,11 +50,11 @@ def clean_env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new virtual environment with ``trickle-trio[testing]`` installed from a copy of
-    this checkout (a copy: pip's build must not write into the working tree)."""
-    base = tmp_path_factory.mktemp("plugin-install")
+def install_checkout(base: Path, *requirements: str) -> Path:
+    """A new virtual environment under ``base`` with ``requirements`` installed by pip,
+    where ``{checkout}`` stands for a copy of this checkout (a copy: pip's build must not
+    write into the working tree). Skips where no environment can be made or no index
+    reached."""
     source = base / "trickle-trio"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -71,8 +71,9 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"cannot create a virtual environment here ({exc}); needs ensurepip")
     python = env_dir / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    wanted = [item.format(checkout=source) for item in requirements]
     install = subprocess.run(
-        [*pip, f"{source}[testing]"],
+        [*pip, *wanted],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
@@ -82,8 +83,15 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if install.returncode != 0:
         if OFFLINE.search(install.stderr):
             pytest.skip(f"no package index reachable for pip: {install.stderr.strip()[-300:]}")
-        pytest.fail(f"pip install '[testing]' failed:\n{install.stderr}")
+        pytest.fail(f"pip install {' '.join(requirements)} failed:\n{install.stderr}")
     return env_dir
+
+
+@pytest.fixture(scope="module")
+def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtual environment with ``trickle-trio[testing]`` installed from a copy of
+    this checkout."""
+    return install_checkout(tmp_path_factory.mktemp("plugin-install"), "{checkout}[testing]")
 
 
 def make_project(root: Path, *, trio_mode: bool) -> Path:

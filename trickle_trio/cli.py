@@ -6,7 +6,9 @@ start-up line (the address, the settings that matter at a glance, and every sett
 at its default with its source; ``--print-settings`` lists them all), and fails fast with
 one line on a bad value. A standalone server has autocreate on and binds 127.0.0.1
 unless told otherwise. The client commands are :mod:`trickle_trio.client.cli`'s;
-``cluster`` is :mod:`trickle_trio.cluster`'s.
+``cluster`` is :mod:`trickle_trio.ops`'s. The server is loaded only by ``serve`` and
+``cluster``: without the ``server`` extra they fail in one line saying what to install
+(exit 2), and the client commands work.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import trio
 from . import __version__
 from .client.cli import CLIENT_COMMANDS, HelpFormatter, add_client_commands, run_client_command
 from .config import Settings, SettingsError, load_settings
+from .extras import ServerNotInstalledError, require_server
 from .logs import configure_logging
 from .ops import cluster, cluster_cli
 from .ops.haproxy import ClusterError
-from .server import BindError, bind_sockets, run_server
 
 logger = logging.getLogger("trickle_trio")
 
@@ -203,6 +205,9 @@ def _read_token(path: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require_server("trickle-trio serve")
+    from .server import BindError, bind_sockets, run_server
+
     settings, sources = settings_from_args(args)
     if args.print_settings:
         print("\n".join(settings.describe(sources)))
@@ -237,6 +242,7 @@ def _cluster(args: argparse.Namespace) -> int:
         if args.print_config:
             sys.stdout.write(cluster_cli.config_for_backends(options))
             return 0
+        require_server("trickle-trio cluster")  # its backends are `trickle-trio serve`
         return trio.run(cluster.run_cluster, options)
     except ClusterError as exc:
         print(f"trickle-trio cluster: {exc}", file=sys.stderr)
@@ -253,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cluster(args)
         if args.command in CLIENT_COMMANDS:
             return trio.run(run_client_command, args)
-    except SettingsError as exc:
+    except (SettingsError, ServerNotInstalledError) as exc:
         print(f"trickle-trio: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

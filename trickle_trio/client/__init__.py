@@ -9,10 +9,14 @@
             async for chunk in segment:
                 ...
 
-In-process twins with the same API (no HTTP) live in :mod:`trickle_trio.client.local`.
+The same API in-process (no HTTP, over the server's registry) is
+:mod:`trickle_trio.client.local`: ``open_local_publisher`` / ``open_local_subscriber``.
 
-Imports (this package, except ``local`` and ``cli``): stdlib, trio, h11,
-``trickle_trio.core`` and ``trickle_trio.config`` only.
+Imports (this package, except ``local``/``local_subscriber``, which also see the
+server's in-process API): stdlib, trio, h11, ``trickle_trio.core`` and
+``trickle_trio.config`` only. The layers inside it (``pyproject.toml``, import-linter):
+``publisher`` > ``publisher_segment`` > ``post`` > ``transport`` > ``connection`` >
+``http``; ``subscriber`` beside ``publisher``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Helpers shared by the client modules: exception groups, header ints, answer errors.
+"""Helpers shared by the client modules: exception groups, header ints, answer errors,
+the ``async with publisher.segment()`` context.
 
 Imports: stdlib, trio and ``trickle_trio.core``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Final
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -42,6 +44,45 @@ def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | No
     if isinstance(first, TrickleError) and all(type(e) is type(first) for e in errors):
         return first
     return None
+
+
+@asynccontextmanager
+async def open_client_nursery() -> AsyncIterator[trio.Nursery]:
+    """The nursery of a client's background tasks; the one error its exception group
+    stands for (:func:`single_error`) comes out unwrapped, other groups as they are.
+
+    Cancellation: as any nursery's: every task in it is cancelled and waited for.
+    """
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is None:
+            raise
+    if error is not None:
+        raise error
+
+
+_Segment = TypeVar("_Segment", bound=AbstractAsyncContextManager[Any])
+_Segment_co = TypeVar("_Segment_co", bound=AbstractAsyncContextManager[Any], covariant=True)
+
+
+class _Opener(Protocol[_Segment_co]):
+    async def next(self) -> _Segment_co: ...
+
+
+@asynccontextmanager
+async def next_segment(publisher: _Opener[_Segment]) -> AsyncIterator[_Segment]:
+    """``async with publisher.segment() as seg``: ``publisher.next()``, then the segment
+    as its own context (ends it on a normal exit, drops it on an exception).
+
+    Cancellation: as the segment's ``__aexit__`` (a shielded, bounded drop).
+    """
+    segment = await publisher.next()
+    async with segment:
+        yield segment
 
 
 def header_int(headers: Mapping[str, str], name: str, default: int) -> int:

@@ -15,6 +15,7 @@ Imports: stdlib and the sibling ``stats`` module.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -29,33 +30,31 @@ class PublisherSegmentLike(Protocol):
     @property
     def seq(self) -> int: ...
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes) -> None:
+        """One chunk. Cancellation: over HTTP the chunk may be half-sent and the segment
+        fails on its next use (cut visibly); in-process the chunk is handed over whole or not."""
 
-    async def write(self, data: bytes | AsyncIterable[bytes]) -> None: ...
+    async def write(self, data: bytes | AsyncIterable[bytes]) -> None:
+        """The whole segment, acknowledged. Cancellation: as ``send`` while writing, as
+        ``aclose`` once the body has ended; a cancelled source drops the segment."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """End the body, wait for the acknowledgement. Cancellation: the end is written first
+        (the segment is whole); only the wait is cut short."""
 
-    async def drop(self) -> None: ...
+    async def drop(self) -> None:
+        """Give the segment up. Cancellation: it is dropped at once; the DELETE may be skipped."""
 
-    async def __aenter__(self) -> Any: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-class _SegmentContext(Protocol):
-    async def __aenter__(self) -> PublisherSegmentLike: ...
+    async def __aenter__(self) -> Any:
+        """The segment. Cancellation: before anything is written."""
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        """``aclose``, or after an exception ``drop`` (shielded, bounded)."""
 
 
 class PublisherLike(Protocol):
@@ -66,15 +65,19 @@ class PublisherLike(Protocol):
 
     def stats(self) -> PublisherStats: ...
 
-    async def create(self) -> None: ...
+    async def create(self) -> None:
+        """Create the channel. Cancellation: it may or may not have been created."""
 
-    async def next(self) -> PublisherSegmentLike: ...
+    async def next(self) -> PublisherSegmentLike:
+        """The next segment. Cancellation: safe; nothing is handed out."""
 
-    def segment(self) -> _SegmentContext: ...
+    def segment(self) -> AbstractAsyncContextManager[PublisherSegmentLike]: ...
 
-    async def write(self, data: bytes | AsyncIterable[bytes]) -> int: ...
+    async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
+        """One whole segment; its seq. Cancellation: as ``PublisherSegmentLike.write``."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close (segments with bytes are ended whole, then DELETE). Cancellation: shielded."""
 
 
 class SubscriberSegmentLike(Protocol):
@@ -94,11 +97,15 @@ class SubscriberSegmentLike(Protocol):
 
     def __aiter__(self) -> Any: ...
 
-    async def __anext__(self) -> bytes: ...
+    async def __anext__(self) -> bytes:
+        """The next chunk. Cancellation: no chunk is lost (over HTTP the connection is then
+        not reused)."""
 
-    async def read(self) -> bytes: ...
+    async def read(self) -> bytes:
+        """The rest of the body. Cancellation: what this call read is lost to the caller."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop reading this segment. Cancellation: it is closed even so."""
 
 
 class SubscriberLike(Protocol):
@@ -111,10 +118,13 @@ class SubscriberLike(Protocol):
 
     def stats(self) -> SubscriberStats: ...
 
-    async def next(self) -> SubscriberSegmentLike | None: ...
+    async def next(self) -> SubscriberSegmentLike | None:
+        """The next segment, ``None`` at the end. Cancellation: safe; nothing is consumed."""
 
     def __aiter__(self) -> Any: ...
 
-    async def __anext__(self) -> SubscriberSegmentLike: ...
+    async def __anext__(self) -> SubscriberSegmentLike:
+        """As ``next`` (StopAsyncIteration at the end)."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop every request in flight. Cancellation: shielded over HTTP."""

@@ -24,13 +24,15 @@ import ssl
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
 import trio
 
+from ..core import wire
 from ..core.errors import HTTPError, SegmentNotFoundError, TrickleError
-from ._util import single_error
+from ._util import open_client_nursery
 from .http import Timeouts, TransportError, make_ssl_context, split_url
 from .transport import Transport
 
@@ -72,7 +74,17 @@ EXIT_CODES_HELP: Final = "exit codes:\n" + "\n".join(
     f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()
 )
 
-_Command = Callable[[argparse.Namespace, Transport, IO[bytes], IO[bytes], IO[str]], Awaitable[int]]
+
+@dataclass(frozen=True)
+class StdIO:
+    """A command's standard streams (the process's, or a test's)."""
+
+    stdin: IO[bytes]
+    stdout: IO[bytes]
+    stderr: IO[str]
+
+
+_Command = Callable[[argparse.Namespace, Transport, StdIO], Awaitable[int]]
 
 
 class CommandError(Exception):
@@ -150,6 +162,22 @@ def _non_negative(text: str) -> float:
 positive_float = _positive(float)
 positive_int = _positive(int)
 non_negative_float = _non_negative
+
+
+def seq_arg(text: str) -> int:
+    """A seq option's value: a seq, ``-1`` next, ``-2`` current, or ``-N``."""
+    try:
+        return wire.parse_seq(text)
+    except wire.InvalidSeq:
+        raise argparse.ArgumentTypeError(f"not a seq: {text!r}") from None
+
+
+def add_command(sub: Any, name: str, *, summary: str, description: str) -> Any:
+    """A client command's parser: ``summary`` in the command list, ``description`` in
+    its own ``--help``."""
+    return sub.add_parser(
+        name, help=summary, description=description, formatter_class=HelpFormatter
+    )
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +297,8 @@ async def server_draining(transport: Transport, url: str) -> str | None:
 
     Asks ``GET /readyz`` once: unreachable, or 503 (trickle-trio while it drains), means
     going away; any other answer (200, or a server without the route) means it is up.
+
+    Cancellation: the probe is abandoned (its connection closed).
     """
     origin = split_url(url)[0]
     probe = f"{origin.scheme}://{origin.host_header}/readyz"
@@ -297,6 +327,10 @@ async def run_client_command(
         args: parsed by the ``trickle-trio`` parser.
         stdin, stdout, stderr: default to the process's.
         handle_signals: stop politely on SIGINT/SIGTERM (exit 130/143); main thread only.
+
+    Cancellation: the command's clients close as their ``open_*`` blocks do (a segment
+    being published is ended whole or cut visibly, never cut silently); the transport is
+    closed, and Cancelled propagates.
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer
@@ -315,17 +349,13 @@ async def run_client_command(
     signalled: list[int] = []
     error: BaseException | None = None
     try:
-        async with make_transport(args) as transport, trio.open_nursery() as nursery:
+        async with make_transport(args) as transport, open_client_nursery() as nursery:
             if handle_signals:
                 signalled = await nursery.start(_watch_signals, nursery.cancel_scope)
-            status = await command(args, transport, stdin, stdout, stderr)
+            status = await command(args, transport, StdIO(stdin, stdout, stderr))
             nursery.cancel_scope.cancel()
         if signalled:
             return 128 + signalled[0]
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if not isinstance(error, TrickleError | CommandError | ServerGone | OSError):
-            raise
     except (TrickleError, CommandError, ServerGone, OSError) as exc:
         error = exc
     if error is None:

@@ -17,7 +17,7 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError
 from ._util import answer_error
-from .cli import CommandError, HelpFormatter
+from .cli import CommandError, StdIO, add_command, seq_arg
 from .transport import Transport
 
 __all__ = ["COMMANDS", "add_parsers", "render"]
@@ -34,37 +34,30 @@ _COLUMNS: Final = (
 )
 
 
-def _seq(text: str) -> int:
-    try:
-        return wire.parse_seq(text)
-    except wire.InvalidSeq:
-        raise argparse.ArgumentTypeError(f"not a seq: {text!r}") from None
-
-
 def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
-    next_seq = sub.add_parser(
+    next_seq = add_command(
+        sub,
         "next",
-        help="print a channel's next write seq",
-        formatter_class=HelpFormatter,
+        summary="print a channel's next write seq",
         description="Print the seq the channel's publisher writes next (GET /{channel}/next):"
         " where a subscriber starting at -1 begins. A closed channel prints its last value.",
     )
     next_seq.add_argument("url", help="the channel URL, e.g. http://127.0.0.1:2939/cam")
-    delete = sub.add_parser(
+    delete = add_command(
+        sub,
         "delete",
-        help="delete a channel, or close one segment",
-        formatter_class=HelpFormatter,
+        summary="delete a channel, or close one segment",
         description="Delete a channel (DELETE /{channel}): its subscribers reach the end of "
         "the stream and its publishers are let go. With --seq, close only that segment "
         "(DELETE /{channel}/{seq}), as a publisher dropping it does.",
     )
     delete.add_argument("url", help="the channel URL, e.g. http://127.0.0.1:2939/cam")
-    delete.add_argument("--seq", type=_seq, help="close only this segment (it must be in "
+    delete.add_argument("--seq", type=seq_arg, help="close only this segment (it must be in "
                         "the window of the last 5)")  # fmt: skip
-    status = sub.add_parser(
+    status = add_command(
+        sub,
         "status",
-        help="list a server's channels",
-        formatter_class=HelpFormatter,
+        summary="list a server's channels",
         description="List a server's channels with their next seq, subscribers, publishers, "
         "bytes held, age and idle time (GET /_status). Needs the publish token when the "
         "server has one.",
@@ -82,30 +75,18 @@ async def _output(out: IO[bytes], data: bytes) -> None:
     await output(out, data)
 
 
-async def _next(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
+async def _next(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
     url = args.url.rstrip("/")
     response = await transport.request("GET", f"{url}/next")
     error = answer_error(url, response.status, response.headers, response.body)
     if error is not None and not isinstance(error, ChannelClosedError):
         raise error
     latest = response.headers.get(wire.LATEST_HEADER) or response.body.decode().strip()
-    await _output(stdout, f"{latest}\n".encode())
+    await _output(io.stdout, f"{latest}\n".encode())
     return 0
 
 
-async def _delete(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
+async def _delete(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
     url = args.url.rstrip("/")
     target = url if args.seq is None else f"{url}/{args.seq}"
     response = await transport.request("DELETE", target)
@@ -139,13 +120,7 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-async def _status(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
+async def _status(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
     url = args.url.rstrip("/") + "/_status"
     response = await transport.request("GET", url, max_body=64 * 1024 * 1024)
     if response.status != 200:
@@ -156,7 +131,7 @@ async def _status(
     except (ValueError, KeyError, TypeError) as exc:
         raise CommandError(f"{url} did not answer with a trickle status ({exc})") from None
     await trio.lowlevel.checkpoint()
-    await _output(stdout, (text + "\n").encode())
+    await _output(io.stdout, (text + "\n").encode())
     return 0
 
 

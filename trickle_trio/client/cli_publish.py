@@ -32,12 +32,14 @@ from ..core import wire
 from ..core.errors import ChannelClosedError
 from ._util import answer_error
 from .cli import (
-    HelpFormatter,
     ServerGone,
+    StdIO,
+    add_command,
     describe_error,
     non_negative_float,
     positive_float,
     positive_int,
+    seq_arg,
     server_draining,
     server_gone,
 )
@@ -55,18 +57,11 @@ REPLAY_MAX: Final = 64 * 1024 * 1024
 BACKOFF: Final = (0.25, 5.0)
 
 
-def _seq(text: str) -> int:
-    try:
-        return wire.parse_seq(text)
-    except wire.InvalidSeq:
-        raise argparse.ArgumentTypeError(f"not a seq: {text!r}") from None
-
-
 def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
-    publish = sub.add_parser(
+    publish = add_command(
+        sub,
         "publish",
-        help="publish stdin to a channel, cut into segments",
-        formatter_class=HelpFormatter,
+        summary="publish stdin to a channel, cut into segments",
         description="Publish stdin to a channel, cut into segments, each sent as it is read."
         "\n\nMPEG-TS (the default MIME type) is cut at keyframes: a segment ends at the "
         "first keyframe after --interval seconds of media and starts with the stream's "
@@ -106,7 +101,7 @@ def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
     )
     publish.add_argument(
         "--start",
-        type=_seq,
+        type=seq_arg,
         metavar="SEQ",
         help="first seq: N, or -1 for the live edge with a reset (default: 0 for a new "
         "channel, -1 for one that exists)",
@@ -276,16 +271,10 @@ async def _ensure_channel(transport: Transport, url: str, mime_type: str, create
     return True
 
 
-async def _publish(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
+async def _publish(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
     url = args.url.rstrip("/")
     mime_type = args.mime_type or ("application/jsonl" if args.lines else "video/mp2t")
-    meter = Meter("publish", stderr)
+    meter = Meter("publish", io.stderr)
     send_chan, recv_chan = trio.open_memory_channel[tuple[float, bytes]](4)
     feed = _Feed(make_cutter(args, mime_type), recv_chan, meter)
     created: bool | None = None
@@ -293,7 +282,7 @@ async def _publish(
     segments_then = 0
     backoff = BACKOFF[0]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_input, stdin, send_chan)
+        nursery.start_soon(_read_input, io.stdin, send_chan)
         if args.stats > 0:
             nursery.start_soon(meter.run, args.stats)
         while True:
@@ -332,7 +321,7 @@ async def _publish(
                     f"trickle-trio: server lost ({describe_error(exc, url)}); reconnecting "
                     f"in {backoff:g} s"
                     + ("" if kept else "; the segment under way was too large to keep"),
-                    file=stderr,
+                    file=io.stderr,
                 )
                 meter.reconnects += 1
                 await trio.sleep(backoff)

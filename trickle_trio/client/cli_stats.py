@@ -72,7 +72,10 @@ class Meter:
         )
 
     async def run(self, period: float) -> None:
-        """Print a line every ``period`` seconds until cancelled."""
+        """Print a line every ``period`` seconds until cancelled.
+
+        Cancellation: the only way it ends; a line is printed whole or not at all.
+        """
         self._mark = (trio.current_time(), self.bytes)
         while True:
             await trio.sleep(period)

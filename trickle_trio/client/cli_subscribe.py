@@ -25,11 +25,13 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelNotFoundError
 from .cli import (
-    HelpFormatter,
     ServerGone,
+    StdIO,
+    add_command,
     describe_error,
     non_negative_float,
     positive_int,
+    seq_arg,
     server_draining,
     server_gone,
 )
@@ -46,18 +48,11 @@ BACKOFF: Final = (0.25, 5.0)
 _TS_TYPES: Final = frozenset({"video/mp2t", "video/mpegts"})
 
 
-def _seq(text: str) -> int:
-    try:
-        return wire.parse_seq(text)
-    except wire.InvalidSeq:
-        raise argparse.ArgumentTypeError(f"not a seq: {text!r}") from None
-
-
 def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
-    subscribe = sub.add_parser(
+    subscribe = add_command(
+        sub,
         "subscribe",
-        help="write a channel's segments to stdout (or files)",
-        formatter_class=HelpFormatter,
+        summary="write a channel's segments to stdout (or files)",
         description="Write a channel's segments to stdout, unchanged and in order, or one "
         "file per segment (--out-dir), until the channel ends.\n\n"
         "  trickle-trio subscribe http://127.0.0.1:2939/cam | ffplay -\n"
@@ -66,7 +61,7 @@ def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
     subscribe.add_argument("url", help="the channel URL, e.g. http://127.0.0.1:2939/cam")
     subscribe.add_argument(
         "--start",
-        type=_seq,
+        type=seq_arg,
         default=-1,
         metavar="SEQ",
         help="first segment: -1 the next one to start, -2 the one being written, or a seq",
@@ -131,7 +126,11 @@ def _write(out: IO[bytes], data: bytes) -> None:
 
 
 async def output(out: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to ``out`` in a thread (a pipe may block)."""
+    """Write ``data`` to ``out`` in a thread (a pipe may block).
+
+    Cancellation: the thread is abandoned and may still write ``data`` afterwards (a
+    pipe's write cannot be interrupted); the caller stops at once.
+    """
     await trio.to_thread.run_sync(_write, out, data, abandon_on_cancel=True)
 
 
@@ -285,15 +284,9 @@ class _Follow:
         return wire.SEQ_NEXT
 
 
-async def _subscribe(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
-    meter = Meter("subscribe", stderr)
-    follow = _Follow(args, transport, stdout, stderr, meter)
+async def _subscribe(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
+    meter = Meter("subscribe", io.stderr)
+    follow = _Follow(args, transport, io.stdout, io.stderr, meter)
     async with trio.open_nursery() as nursery:
         if args.stats > 0:
             nursery.start_soon(meter.run, args.stats)

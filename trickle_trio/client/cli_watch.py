@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from typing import IO, Any, Final
+from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import trio
 
 from ._util import answer_error
-from .cli import EXIT_OK, HelpFormatter
+from .cli import EXIT_OK, StdIO, add_command
 from .transport import Transport
 
 __all__ = ["COMMANDS", "add_parsers", "live_url", "page_url", "player_argv"]
@@ -32,10 +32,10 @@ _MEDIA_PREFIXES: Final = ("video/", "audio/")
 
 
 def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "watch",
-        help="play a channel's live stream (ffplay), or print how to",
-        formatter_class=HelpFormatter,
+        summary="play a channel's live stream (ffplay), or print how to",
         description="Open a channel's live stream (GET /{channel}/live: every segment, back "
         "to back, in one endless response) in a player: ffplay when it is installed, for "
         "video and audio channels; it ends when the channel does. Otherwise, or with "
@@ -98,14 +98,12 @@ def player_argv(player: str, url: str, title: str, token: str | None) -> list[st
     return ["vlc", "--network-caching=300", "--meta-title", title, url]
 
 
-async def watch(
-    args: argparse.Namespace,
-    transport: Transport,
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    stderr: IO[str],
-) -> int:
-    """Run ``watch``: the player's exit code, or 0 after printing."""
+async def watch(args: argparse.Namespace, transport: Transport, io: StdIO) -> int:
+    """Run ``watch``: the player's exit code, or 0 after printing.
+
+    Cancellation (Ctrl-C): the player is stopped (``trio.run_process`` kills it) and the
+    probe's connection closed.
+    """
     url = live_url(args)
     exchange = await transport.open("GET", url)
     try:
@@ -119,12 +117,12 @@ async def watch(
     token = _token(transport)
     player = _choose(args.player, content_type)
     if player is None:
-        stdout.write(_instructions(url, str(args.url), content_type, token).encode())
-        stdout.flush()
+        io.stdout.write(_instructions(url, str(args.url), content_type, token).encode())
+        io.stdout.flush()
         return EXIT_OK
     name = urlsplit(str(args.url).rstrip("/")).path.rsplit("/", 1)[-1]
     if player == "vlc" and token:
-        print("trickle-trio: VLC cannot send the token; use ffplay or mpv", file=stderr)
+        print("trickle-trio: VLC cannot send the token; use ffplay or mpv", file=io.stderr)
         return 1
     argv = player_argv(player, url, f"{name} · trickle-trio", token)
     # The player owns the terminal until it ends (the channel ends, or the user quits);

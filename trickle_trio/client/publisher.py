@@ -3,8 +3,9 @@
 How it runs (the shape of go-livepeer's ``trickle_publisher.go`` and of the official
 Python SDK, on trio):
 
-- :func:`open_publisher` owns a nursery. Every POST is a ``_Post`` whose task
-  connects, sends the request head, then waits for the answer. The answer is read while
+- :func:`open_publisher` owns a nursery. Every POST is a :class:`~.post.Post` whose
+  task (run by the publisher's :class:`~.post.PostRunner`) connects, sends the request
+  head, then waits for the answer. The answer is read while
   the body is still open, so a 404, ``Lp-Trickle-Closed`` or 4xx sent to an *idle*
   preconnect is seen the moment it arrives.
 - The publisher always holds one preconnect: the POST for the next seq, its body open
@@ -17,7 +18,7 @@ Python SDK, on trio):
 - Closing follows go-livepeer PR #3824: every segment whose body was handed over is
   acknowledged, then ``DELETE {url}``, and only then is the idle preconnect let go.
 
-A segment, and the POST under it, are in :mod:`.publisher_segment`.
+A segment is in :mod:`.publisher_segment`, the POSTs under it in :mod:`.post`.
 
 Imports: stdlib, trio, ``trickle_trio.core`` and the sibling client modules.
 """
@@ -27,31 +28,19 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import trio
 
 from ..core import wire
-from ..core.errors import ChannelNotFoundError, HTTPError, TrickleError
+from ..core.errors import HTTPError, TrickleError
 from ._state import PublisherState
-from ._util import answer_error, header_int, single_error
-from .http import (
-    Exchange,
-    ResponseArrived,
-    ResponseHead,
-    Timeouts,
-    TransportError,
-    split_url,
-)
-from .publisher_segment import (
-    PublisherSegment,
-    SegmentWriteError,
-    _NextSegment,
-    _Post,
-    fails_publisher,
-)
-from .transport import Transport
+from ._util import answer_error, header_int, next_segment
+from .http import Timeouts, split_url
+from .post import Post, PostRunner, SegmentWriteError, fails_publisher
+from .publisher_segment import PublisherSegment
+from .transport import Transport, open_client
 
 __all__ = ["Publisher", "PublisherSegment", "SegmentWriteError", "open_publisher"]
 
@@ -83,20 +72,27 @@ class Publisher(PublisherState):
         delete_on_close: bool = True,
         close_timeout: float = 5.0,
     ) -> None:
-        super().__init__(start)
+        super().__init__(start, name=url.rstrip("/"))
         if not mime_type.isprintable():
             raise ValueError(f"not a MIME type: {mime_type!r}")
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self.mime_type = mime_type
         self.close_timeout = close_timeout
-        self._nursery = nursery
         self._transport = transport
+        self._runner = PostRunner(
+            self.url,
+            mime_type,
+            state=self,
+            nursery=nursery,
+            transport=transport,
+            close_timeout=close_timeout,
+            on_error=self._post_failed,
+        )
         self._start_seq = start
         self._reset = reset
         self._delete_on_close = delete_on_close
-        self._preconnect: _Post | None = None
-        self._posts: set[_Post] = set()
+        self._preconnect: Post | None = None
 
     def __repr__(self) -> str:
         return f"<Publisher {self.url} next_seq={self._seq}>"
@@ -108,6 +104,9 @@ class Publisher(PublisherState):
             ChannelNotFoundError: the server does not autocreate (404).
             HTTPError: another refusal (a before-create hook's 4xx).
             TransportError: no answer.
+
+        Cancellation: the request is abandoned (its connection closed); the channel may
+        or may not have been created.
         """
         response = await self._transport.request(
             "POST", self.url, [(wire.EXPECT_CONTENT_HEADER, self.mime_type)]
@@ -122,20 +121,27 @@ class Publisher(PublisherState):
         Raises:
             ChannelNotFoundError, ChannelClosedError, HTTPError: the publisher failed.
             RuntimeError: the publisher is closed.
+
+        Cancellation: safe (it lands before anything changes): the preconnect stays for
+        the next call.
         """
         await trio.lowlevel.checkpoint()
-        self._check_usable()
+        self.check_usable()
         post = self._preconnect
         assert post is not None
         post.claimed = True
         self._seq = post.seq + 1
-        self._preconnect = self._start_post(self._seq)
-        self._counts.segments_started += 1
-        return PublisherSegment(self, post)
+        self._preconnect = self._runner.start(self._seq)
+        self.counts.segments_started += 1
+        return PublisherSegment(self._runner, post)
 
-    def segment(self) -> _NextSegment:
-        """``async with pub.segment() as seg:`` - :meth:`next`, then close or drop."""
-        return _NextSegment(self)
+    def segment(self) -> AbstractAsyncContextManager[PublisherSegment]:
+        """``async with pub.segment() as seg:`` - :meth:`next`, then close or drop.
+
+        Cancellation: as :meth:`next` on entry; on exit as :meth:`PublisherSegment.aclose`,
+        or a shielded drop bounded by ``close_timeout`` after an exception.
+        """
+        return next_segment(self)
 
     async def write(self, data: bytes | AsyncIterable[bytes]) -> int:
         """Publish one whole segment from bytes or an async byte source; return its seq.
@@ -144,6 +150,11 @@ class Publisher(PublisherState):
         fresh connection.
 
         Raises: as :meth:`PublisherSegment.send`.
+
+        Cancellation: as :meth:`PublisherSegment.write`: a segment cut while its body is
+        written is cut visibly (its POST's connection is closed, no terminating chunk);
+        one whose body had ended stays whole, and the publisher's close waits for its
+        acknowledgement.
         """
         segment = await self.next()
         try:
@@ -171,32 +182,27 @@ class Publisher(PublisherState):
             await trio.lowlevel.checkpoint()
             return
         self._closing = True
+        runner = self._runner
         with trio.move_on_after(self.close_timeout, shield=True) as scope:
-            for post in list(self._posts):
+            for post in list(runner.posts):
                 if post.claimed and post.bytes_sent and not post.body_ended:
-                    await self._end_body(post)
-            for post in list(self._posts):
+                    await runner.end_body(post)
+            for post in list(runner.posts):
                 if post.body_ended:
                     await post.answered.wait()
             if self._delete_on_close and self._failure is None and self._preconnect is not None:
                 await self._delete_channel()
-            for post in list(self._posts):
-                await self._end_body(post)
-            for post in list(self._posts):
+            for post in list(runner.posts):
+                await runner.end_body(post)
+            for post in list(runner.posts):
                 await post.answered.wait()
         if scope.cancelled_caught:
-            logger.warning("publisher close overran url=%s posts=%d", self.url, len(self._posts))
-        for post in self._posts:
+            logger.warning("publisher close overran url=%s posts=%d", self.url, len(runner.posts))
+        for post in runner.posts:
             post.scope.cancel()
         logger.debug("publisher closed url=%s next_seq=%d", self.url, self._seq)
 
     # -- internals --------------------------------------------------------------------------
-
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._closing:
-            raise RuntimeError(f"publisher {self.url} is closed")
 
     async def _start(self) -> None:
         """Resolve the first seq and preconnect it."""
@@ -206,7 +212,7 @@ class Publisher(PublisherState):
             # left half-written (the official SDK's rule).
             seq, reset = await self._resolve_next(), True
         self._seq = seq
-        self._preconnect = self._start_post(seq, reset=reset)
+        self._preconnect = self._runner.start(seq, reset=reset)
 
     async def _resolve_next(self) -> int:
         response = await self._transport.request("GET", f"{self.url}/next")
@@ -221,60 +227,13 @@ class Publisher(PublisherState):
             default = 0
         return max(header_int(response.headers, wire.LATEST_HEADER, default), 0)
 
-    def _start_post(
-        self,
-        seq: int,
-        *,
-        reset: bool = False,
-        fresh: bool = False,
-        delay: float = 0.0,
-        retry: int = 0,
-    ) -> _Post:
-        post = _Post(seq, reset=reset, fresh=fresh, delay=delay, retry=retry)
-        self._posts.add(post)
-        self._nursery.start_soon(self._run_post, post, name=f"trickle POST {self.url}/{seq}")
-        return post
-
-    async def _run_post(self, post: _Post) -> None:
-        """Open the POST, then read its answer; a terminal answer to the idle preconnect
-        is raised here, which fails the whole publisher at once."""
-        counts = self._counts
-        counts.post_attempts += 1
-        headers = [("Content-Type", self.mime_type)] if self.mime_type else []
-        if post.reset:
-            headers.append((wire.RESET_HEADER, "1"))
-        url = f"{self.url}/{post.seq}"
-        try:
-            with post.scope:
-                try:
-                    if post.delay:
-                        await trio.sleep(post.delay)
-                    post.exchange = await self._transport.open(
-                        "POST", url, headers, content_length=None, fresh=post.fresh
-                    )
-                    post.opened.set()
-                    head = await post.exchange.read_head()
-                    body = await post.exchange.read_body()
-                    post.error = self._answer(post, post.exchange, head, body)
-                except TransportError as exc:
-                    counts.post_exceptions += 1
-                    post.error = SegmentWriteError(post.seq, self.url, str(exc))
-                    post.error.__cause__ = exc
-            if post.scope.cancelled_caught and post.error is None:
-                post.error = SegmentWriteError(post.seq, self.url, "POST abandoned")
-        finally:
-            self._posts.discard(post)
-            post.opened.set()
-            post.answered.set()
-            if post.exchange is not None:
-                with trio.CancelScope(shield=True):
-                    await post.exchange.aclose()
+    def _post_failed(self, post: Post) -> None:  # sync on purpose
+        """A POST ended with an error (the runner calls this in the POST's task): fail
+        the publisher, raising if it was the idle preconnect, or preconnect again."""
         error = post.error
-        if error is None or self._closing:
-            return
+        assert error is not None
         if fails_publisher(error, claimed=post.claimed):
-            if self._failure is None:
-                self._failure = error
+            self.fail(error)
             if not post.claimed:
                 logger.info("publisher failed url=%s error=%s", self.url, error)
                 raise error
@@ -291,52 +250,13 @@ class Publisher(PublisherState):
             retry = post.retry + 1
             at_once = timed_out or ((answered or stale) and retry == 1)
             delay = 0.0 if at_once else PRECONNECT_RETRY_DELAY
-            logger.debug("preconnect lost url=%s error=%s retry_in=%s", url, error, delay)
-            self._counts.post_retries += 1
-            self._preconnect = self._start_post(
+            logger.debug(
+                "preconnect lost url=%s/%d error=%s retry_in=%s", self.url, post.seq, error, delay
+            )
+            self.counts.post_retries += 1
+            self._preconnect = self._runner.start(
                 post.seq, reset=post.reset, fresh=True, delay=delay, retry=retry
             )
-
-    def _answer(
-        self, post: _Post, exchange: Exchange, head: ResponseHead, body: bytes
-    ) -> TrickleError | None:
-        error = answer_error(self.url, head.status, head.headers, body)
-        counts = self._counts
-        if isinstance(error, ChannelNotFoundError):
-            counts.post_404 += 1
-            counts.post_http_failures += 1
-        elif isinstance(error, HTTPError):
-            counts.post_http_failures += 1
-        elif error is None:
-            if exchange.early:
-                return SegmentWriteError(post.seq, self.url, "closed by the server before its end")
-            counts.post_success += 1
-        return error
-
-    async def _end_body(self, post: _Post) -> None:
-        """End an unanswered POST's body cleanly, or abandon it if that is not possible."""
-        exchange = post.exchange
-        if post.answered.is_set():
-            await trio.lowlevel.checkpoint()
-            return
-        if exchange is None or exchange.body_ended:
-            if exchange is None:
-                post.scope.cancel()
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            await exchange.end()
-        except ResponseArrived:
-            pass  # answered meanwhile: its task is reading the answer
-        except TransportError:
-            post.scope.cancel()
-
-    async def _let_go(self, post: _Post) -> None:
-        """End ``post``'s body (or abandon it) and wait, bounded, for its answer."""
-        await self._end_body(post)
-        with trio.move_on_after(self.close_timeout):
-            await post.answered.wait()
-        post.scope.cancel()
 
     async def _delete_channel(self) -> None:
         try:
@@ -383,40 +303,24 @@ async def open_publisher(
         ChannelNotFoundError, ChannelClosedError, HTTPError: the server's answer, as
             soon as it arrives (even to the idle preconnect: the block is cancelled).
         Whatever the block raised, unwrapped from the nursery's exception group.
+
+    Cancellation: the block's cancellation closes the publisher as :meth:`Publisher.aclose`
+    does (shielded, bounded by ``close_timeout``): segments whose body ended are
+    acknowledged, one cut mid-chunk is cut visibly; then the channel is deleted, the
+    POSTs' tasks are cancelled and a transport made here is closed.
     """
-    own = transport is None
-    if transport is None:
-        transport = Transport(
-            timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    async with open_client(
+        transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    ) as (transport, nursery):
+        publisher = Publisher(
+            url,
+            mime_type,
+            nursery=nursery,
+            transport=transport,
+            start=start,
+            reset=reset,
+            delete_on_close=delete_on_close,
+            close_timeout=close_timeout,
         )
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            publisher = Publisher(
-                url,
-                mime_type,
-                nursery=nursery,
-                transport=transport,
-                start=start,
-                reset=reset,
-                delete_on_close=delete_on_close,
-                close_timeout=close_timeout,
-            )
-            try:
-                if create:
-                    await publisher.create()
-                await publisher._start()
-                yield publisher
-            finally:
-                await publisher.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if error is None:
-            raise
-    finally:
-        if own:
-            with trio.CancelScope(shield=True):
-                await transport.aclose()
-    if error is not None:
-        raise error
+        async with publisher._running(nursery, create=create):
+            yield publisher

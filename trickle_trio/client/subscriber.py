@@ -25,16 +25,15 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Literal, Self
 
 import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError, HTTPError, SegmentNotFoundError, TrickleError
-from ._state import SubscriberState
-from ._util import RETRYABLE_STATUSES, header_int, single_error
+from ._state import OnGap, SegmentReadState, SubscriberState
+from ._util import RETRYABLE_STATUSES, header_int
+from .connection import Exchange
 from .http import (
-    Exchange,
     Headers,
     ResponseHead,
     Timeouts,
@@ -42,14 +41,11 @@ from .http import (
     TransportTimeout,
     split_url,
 )
-from .transport import Transport
+from .transport import Transport, open_client
 
 __all__ = ["OnGap", "Subscriber", "SubscriberSegment", "open_subscriber"]
 
 logger = logging.getLogger(__name__)
-
-#: What a subscriber does when its seq has left the window (470).
-OnGap = Literal["raise", "jump"]
 
 
 class _Get:
@@ -66,7 +62,7 @@ class _Get:
         self.scope = trio.CancelScope()
 
 
-class SubscriberSegment:
+class SubscriberSegment(SegmentReadState):
     """One segment as it arrives: metadata, and the body as an async iterator of chunks.
 
     ``async for chunk in segment`` yields each chunk as the server sends it and ends with
@@ -107,13 +103,6 @@ class SubscriberSegment:
         """The body was read to its end."""
         return self._done and self._exchange.response_done
 
-    @property
-    def bytes_read(self) -> int:
-        return self._bytes
-
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> bytes:
         """The next chunk of the body.
 
@@ -134,26 +123,25 @@ class SubscriberSegment:
             raise
         if not chunk:
             self._done = True
-            counts = self._subscriber._counts
+            counts = self._subscriber.counts
             if self._bytes == 0:
                 counts.empty_segments_delivered += 1
             await self._exchange.aclose()
             raise StopAsyncIteration
         self._bytes += len(chunk)
-        self._subscriber._counts.bytes_received += len(chunk)
+        self._subscriber.counts.bytes_received += len(chunk)
         return chunk
 
-    async def read(self) -> bytes:
-        """The rest of the body (waits for the segment's end)."""
-        return b"".join([chunk async for chunk in self])
-
     async def aclose(self) -> None:
-        """Stop reading: a segment not read to its end has its connection closed."""
+        """Stop reading: a segment not read to its end has its connection closed.
+
+        Cancellation: the segment is closed even so (its connection closed or pooled).
+        """
         self._done = True
         await self._exchange.aclose()
 
 
-class Subscriber(SubscriberState):
+class Subscriber(SubscriberState[SubscriberSegment]):
     """Reads the segments of one channel over HTTP. Made by :func:`open_subscriber`.
 
     ``async for segment in subscriber`` (or ``await subscriber.next()``, ``None`` at the
@@ -175,17 +163,12 @@ class Subscriber(SubscriberState):
         max_consecutive_errors: int = 5,
         retry_delay: float = 0.5,
     ) -> None:
-        if on_gap not in ("raise", "jump"):
-            raise ValueError(f"on_gap must be 'raise' or 'jump', not {on_gap!r}")
-        super().__init__(start)
+        super().__init__(start, on_gap, max_consecutive_errors, retry_delay)
         self.url = url.rstrip("/")
         split_url(self.url)  # a bad URL fails here, not in a background task
         self._nursery = nursery
         self._transport = transport
-        self._on_gap = on_gap
         self._preconnect_timeout = preconnect_timeout
-        self._max_errors = max_consecutive_errors
-        self._retry_delay = retry_delay
         self._preconnect: _Get | None = None
         self._discarded: list[_Get] = []
         self._current: SubscriberSegment | None = None
@@ -204,15 +187,6 @@ class Subscriber(SubscriberState):
         if self._preconnect is not None and self._preconnect.seq != seq:
             self._discard(self._preconnect)
             self._preconnect = None
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SubscriberSegment:
-        segment = await self.next()
-        if segment is None:
-            raise StopAsyncIteration
-        return segment
 
     async def next(self) -> SubscriberSegment | None:
         """The next segment, once its head has arrived; ``None`` at the end of the stream.
@@ -250,9 +224,9 @@ class Subscriber(SubscriberState):
                 logger.debug("end of stream url=%s seq=%d", self.url, get.seq)
                 return None
             if head.status == 404:
-                self._counts.get_404 += 1
+                self.counts.get_404 += 1
                 await exchange.aclose()
-                if self._counts.segments_delivered:
+                if self.counts.segments_delivered:
                     # It was there: deleted between two GETs (a preconnect that reached
                     # the server after the DELETE). That is the end of the stream.
                     self._ended = True
@@ -262,35 +236,30 @@ class Subscriber(SubscriberState):
             latest = header_int(headers, wire.LATEST_HEADER, -1)
             if head.status == wire.STATUS_SEQ_NOT_FOUND:
                 await exchange.aclose()
-                if self._on_gap == "raise" or latest < 0:
+                if latest < seq:
+                    behind += 1  # asked ahead of the writer: wait for it rather than go back
+                action = self._gap(seq, latest, behind)
+                if action == "raise":
                     raise SegmentNotFoundError(seq, latest)
-                if latest >= seq:
+                if action == "jump":
                     logger.info("jump to live edge url=%s seq=%d latest=%d", self.url, seq, latest)
-                    self._counts.get_470_reset += 1
-                    self._counts.seq_gap_events += 1
-                    self._seq, self._expected = latest, None
-                    continue
-                # Asked ahead of the writer: wait for it rather than go back.
-                behind += 1
-                if behind > self._max_errors:
-                    raise SegmentNotFoundError(seq, latest)
-                await trio.sleep(self._retry_delay)
+                else:
+                    await trio.sleep(self._retry_delay)
                 continue
             if head.status != 200:
                 body = await self._read_error_body(exchange)
                 raise HTTPError(head.status, body)
-            if self._expected is not None and seq != self._expected:
-                self._counts.seq_gap_events += 1
-            self._seq = self._expected = seq + 1
-            self._latest = max(self._latest, latest, seq)
+            self._delivered(seq, latest)
             self._preconnect = self._start_get(seq + 1)
             segment = SubscriberSegment(self, exchange, head, seq, latest if latest >= 0 else seq)
             self._current = segment
-            self._counts.segments_delivered += 1
             return segment
 
     async def aclose(self) -> None:
-        """Stop: close the segment being read and every GET in flight. Safe to call twice."""
+        """Stop: close the segment being read and every GET in flight. Safe to call twice.
+
+        Cancellation: shielded; returns once every GET's task has ended.
+        """
         self._closed = True
         if self._preconnect is not None:
             self._discard(self._preconnect)
@@ -342,7 +311,7 @@ class Subscriber(SubscriberState):
     async def _run_get(self, get: _Get) -> None:
         """Send the GET until it has a head: re-issue it after ``preconnect_timeout``,
         retry errors; give up after more than ``max_consecutive_errors`` in a row."""
-        counts = self._counts
+        counts = self.counts
         url = f"{self.url}/{get.seq}"
         errors = 0
         attempt = 0
@@ -392,7 +361,7 @@ class Subscriber(SubscriberState):
         try:
             with trio.move_on_after(self._preconnect_timeout):
                 head = await exchange.read_head()
-                self._counts.wait_ms_total += (trio.current_time() - started) * 1000
+                self.counts.wait_ms_total += (trio.current_time() - started) * 1000
                 if head.status < 500 and head.status not in RETRYABLE_STATUSES:
                     get.exchange, get.head = exchange, head
                     return None, exchange.reused
@@ -439,37 +408,22 @@ async def open_subscriber(
         transport: a transport to share instead (its options win).
 
     Raises: see :meth:`Subscriber.next`; errors come out unwrapped.
+
+    Cancellation: the block's cancellation closes the subscriber (shielded: every GET in
+    flight is cancelled and its connection closed) and a transport made here.
     """
-    own = transport is None
-    if transport is None:
-        transport = Transport(
-            timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    async with open_client(
+        transport, timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    ) as (transport, nursery):
+        subscriber = Subscriber(
+            url,
+            nursery=nursery,
+            transport=transport,
+            start=start,
+            on_gap=on_gap,
+            preconnect_timeout=preconnect_timeout,
+            max_consecutive_errors=max_consecutive_errors,
+            retry_delay=retry_delay,
         )
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            subscriber = Subscriber(
-                url,
-                nursery=nursery,
-                transport=transport,
-                start=start,
-                on_gap=on_gap,
-                preconnect_timeout=preconnect_timeout,
-                max_consecutive_errors=max_consecutive_errors,
-                retry_delay=retry_delay,
-            )
-            try:
-                yield subscriber
-            finally:
-                await subscriber.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = single_error(group)
-        if error is None:
-            raise
-    finally:
-        if own:
-            with trio.CancelScope(shield=True):
-                await transport.aclose()
-    if error is not None:
-        raise error
+        async with subscriber._running(nursery):
+            yield subscriber

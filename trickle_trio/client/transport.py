@@ -2,13 +2,14 @@
 
 Rules of this file:
 
-1. A connection goes back to the pool only from an :class:`~.http.Exchange` that
-   finished cleanly in both directions, with keep-alive (see :mod:`.http`).
+1. A connection goes back to the pool only from an :class:`~.connection.Exchange` that
+   finished cleanly in both directions, with keep-alive (its ``checkin`` callback is the
+   pool's :meth:`Transport._checkin`; see :mod:`.connection`).
 2. The pool is bounded: at most ``max_idle`` idle connections per origin, each dropped
    after ``keepalive_expiry`` seconds or as soon as it turns readable (the server closed
    it); at most ``max_connections`` open connections in all.
 
-Imports: stdlib, trio, and the sibling ``http`` module.
+Imports: stdlib, trio, h11 and the sibling ``http`` and ``connection`` modules.
 """
 
 from __future__ import annotations
@@ -17,29 +18,30 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Self
 
 import h11
 import trio
 
+from ._util import open_client_nursery
+from .connection import Connection, Exchange
 from .http import (
     MAX_SMALL_BODY,
     USER_AGENT,
-    Exchange,
     Origin,
     Response,
     Timeouts,
     TransportError,
     TransportTimeout,
-    _Connection,
-    _translated,
     make_ssl_context,
     split_url,
+    transport_errors,
 )
 
-__all__ = ["Transport", "TransportStats"]
+__all__ = ["Transport", "TransportStats", "open_client", "use_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class Transport:
         self._keepalive_expiry = keepalive_expiry
         self._slots = trio.Semaphore(max_connections)
         self._max_connections = max_connections
-        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._idle: dict[Origin, deque[Connection]] = {}
         self._opened = 0
         self._reused = 0
         self._closed = False
@@ -102,6 +104,7 @@ class Transport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        """Close the idle connections (:meth:`aclose`), shielded from cancellation."""
         with trio.CancelScope(shield=True):
             await self.aclose()
 
@@ -140,6 +143,9 @@ class Transport:
         Raises:
             TransportError, TransportTimeout: connecting or sending the head failed.
             ValueError: the URL or a header cannot be sent.
+
+        Cancellation: no exchange is returned; a connection opened or taken from the pool
+        for it is closed (a head cut short leaves nothing half-sent to reuse).
         """
         origin, target = split_url(url)
         all_headers = [
@@ -160,9 +166,9 @@ class Transport:
         reused = conn is not None
         if conn is None:
             conn = await self._connect(origin, url)
-        exchange = Exchange(self, conn, url, reused=reused)
+        exchange = Exchange(conn, url, self.timeouts, reused=reused, checkin=self._checkin)
         try:
-            await exchange._write(request)
+            await exchange.send_head(request)
             if content_length == 0:
                 await exchange.end()
         except BaseException:
@@ -186,6 +192,9 @@ class Transport:
 
         Raises:
             TransportError, TransportTimeout.
+
+        Cancellation: the request is abandoned and its connection closed, not pooled
+        (a request body cut short is visible to the server as an aborted connection).
         """
         for attempt in (1, 2):
             exchange = await self.open(method, url, headers, content_length=len(body))
@@ -207,7 +216,12 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
-        """Close every idle connection; connections in use close with their exchange."""
+        """Close every idle connection; connections in use close with their exchange.
+        Later check-ins close their connection instead of pooling it.
+
+        Cancellation: the pool is closed at once; the idle connections are closed even so
+        (each with ``trio.aclose_forcefully``).
+        """
         self._closed = True
         idle = [conn for conns in self._idle.values() for conn in conns]
         self._idle.clear()
@@ -216,7 +230,7 @@ class Transport:
 
     # -- the pool ---------------------------------------------------------------------------
 
-    async def _checkout(self, origin: Origin) -> _Connection | None:
+    async def _checkout(self, origin: Origin) -> Connection | None:
         conns = self._idle.get(origin)
         now = trio.current_time()
         while conns:
@@ -229,7 +243,7 @@ class Transport:
         await trio.lowlevel.checkpoint()
         return None
 
-    async def _checkin(self, conn: _Connection) -> None:
+    async def _checkin(self, conn: Connection) -> None:
         if self._closed:
             await conn.aclose()
             return
@@ -243,7 +257,7 @@ class Transport:
     async def _make_room(self) -> None:
         """Close the oldest idle connection if every slot is taken."""
         if self._slots.value == 0:
-            oldest: deque[_Connection] | None = None
+            oldest: deque[Connection] | None = None
             for conns in self._idle.values():
                 if conns and (oldest is None or conns[0].idle_since < oldest[0].idle_since):
                     oldest = conns
@@ -251,13 +265,13 @@ class Transport:
                 await oldest.popleft().aclose()
         await trio.lowlevel.checkpoint()
 
-    async def _connect(self, origin: Origin, url: str) -> _Connection:
+    async def _connect(self, origin: Origin, url: str) -> Connection:
         timeout = self.timeouts.connect
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             await self._make_room()
             await self._slots.acquire()
             try:
-                with _translated(url):
+                with transport_errors(url):
                     stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
                     if origin.scheme == "https":
                         tls = trio.SSLStream(
@@ -276,6 +290,57 @@ class Transport:
                 self._slots.release()
                 raise
             self._opened += 1
-            return _Connection(stream, origin, self._slots)
+            return Connection(stream, origin, self._slots)
         assert scope.cancelled_caught
         raise TransportTimeout("connect", url)
+
+
+@asynccontextmanager
+async def use_transport(
+    transport: Transport | None,
+    *,
+    timeouts: Timeouts | None = None,
+    insecure: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> AsyncIterator[Transport]:
+    """``transport`` itself if given (its owner closes it), else a new one made from the
+    options and closed when the block ends.
+
+    Cancellation: the transport made here is closed even so (shielded).
+    """
+    if transport is not None:
+        yield transport
+        return
+    async with Transport(
+        timeouts=timeouts, insecure=insecure, ssl_context=ssl_context, headers=headers
+    ) as own:
+        yield own
+
+
+@asynccontextmanager
+async def open_client(
+    transport: Transport | None,
+    *,
+    timeouts: Timeouts | None,
+    insecure: bool,
+    ssl_context: ssl.SSLContext | None,
+    headers: Iterable[tuple[str, str]],
+) -> AsyncIterator[tuple[Transport, trio.Nursery]]:
+    """What an HTTP client runs in: its transport (:func:`use_transport`) and the nursery
+    of its background tasks, whose one error comes out unwrapped.
+
+    Cancellation: the nursery's tasks are cancelled and waited for, then a transport made
+    here is closed (shielded).
+    """
+    async with (
+        use_transport(
+            transport,
+            timeouts=timeouts,
+            insecure=insecure,
+            ssl_context=ssl_context,
+            headers=headers,
+        ) as own,
+        open_client_nursery() as nursery,
+    ):
+        yield own, nursery

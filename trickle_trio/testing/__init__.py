@@ -22,21 +22,24 @@ Fixtures:
   of ``trickle_server`` (see :mod:`trickle_trio.testing.clients`).
 
 Without pytest: ``async with open_server(settings) as server: ...``.
+
+pytest loads this plugin wherever the package is installed, the clients alone too
+(``pip install trickle-trio``): so it imports no server module itself. The server is
+imported by the fixtures that need it, and a test using them without the ``server``
+extra fails at set-up saying what to install.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 from ..config import Settings
-from ..http.app import create_app
-from ..registry import ChannelRegistry
-from ..server import RunningServer, open_server
+from ..extras import ServerNotInstalledError, require_server
 from .asgi import Exchange, Response, open_exchange
 from .clients import (
     ClientPair,
@@ -45,6 +48,10 @@ from .clients import (
     trickle_publisher,
     trickle_subscriber,
 )
+
+if TYPE_CHECKING:
+    from ..registry import ChannelRegistry
+    from ..server import RunningServer, open_server
 
 __all__ = [
     "ClientPair",
@@ -89,6 +96,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             f"{where}, which needs pytest-trio: pip install 'trickle-trio[testing]'",
             pytrace=False,
         )
+    missing = _missing_server_package(where)
+    if missing is not None:
+        pytest.fail(
+            f"{where}, which needs the server extra ({missing} is missing): "
+            "pip install 'trickle-trio[testing]'",
+            pytrace=False,
+        )
     if item.get_closest_marker("trio") is None:
         pytest.fail(
             f"{where}: those fixtures run in Trio, so the test must be an async Trio test: "
@@ -96,6 +110,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "pytest.ini), or mark it @pytest.mark.trio, and make it async def",
             pytrace=False,
         )
+
+
+def _missing_server_package(where: str) -> str | None:
+    try:
+        require_server(where)
+    except ServerNotInstalledError as exc:
+        return exc.missing
+    return None
 
 
 @pytest.fixture
@@ -107,17 +129,32 @@ def trickle_settings() -> Settings:
 @pytest.fixture
 def trickle_registry(nursery: trio.Nursery, trickle_settings: Settings) -> ChannelRegistry:
     """A registry whose channels live in the test's nursery (cancelled after the test)."""
+    from ..registry import ChannelRegistry
+
     return ChannelRegistry.from_settings(nursery, trickle_settings)
 
 
 @pytest.fixture
 def trickle_app(trickle_registry: ChannelRegistry, trickle_settings: Settings) -> Any:
     """The ASGI app serving ``trickle_registry`` (no lifespan needed)."""
+    from ..http.app import create_app
+
     return create_app(trickle_settings, trickle_registry)
 
 
 @pytest.fixture
 async def trickle_server(trickle_settings: Settings) -> AsyncIterator[RunningServer]:
     """A real server on an ephemeral loopback port, drained and stopped after the test."""
+    from ..server import open_server
+
     async with open_server(trickle_settings) as server:
         yield server
+
+
+def __getattr__(name: str) -> Any:
+    """``open_server``, re-exported, is loaded on first use (it needs the server extra)."""
+    if name == "open_server":
+        from ..server import open_server
+
+        return open_server
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,11 +29,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ..client import Publisher, Subscriber, open_publisher, open_subscriber
-from ..server import RunningServer
+
+if TYPE_CHECKING:
+    from ..server import RunningServer
 
 __all__ = [
     "ClientPair",
