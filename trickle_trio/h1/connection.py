@@ -37,6 +37,7 @@ import trio
 
 from ..http.extensions import (
     BODY_EXTENSION,
+    CUT_EXTENSION,
     DISCONNECT_EXTENSION,
     PARTS_EXTENSION,
     PUSH_EXTENSION,
@@ -280,7 +281,7 @@ class Connection:
 
     def _scope(self, head: RequestHead) -> dict[str, Any]:
         raw_path, _, query = head.target.partition(b"?")
-        extensions: dict[str, Any] = {}
+        extensions: dict[str, Any] = {CUT_EXTENSION: {"cut": self.cut}}
         if head.has_body:
             extensions[BODY_EXTENSION] = {"take_body": self._take_body}
         else:
@@ -706,6 +707,22 @@ class Connection:
         self._stop_reading()
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # trio wakes every task waiting on it (ClosedResourceError)
+
+    def cut(self, reset: bool) -> None:  # sync on purpose
+        """``CUT_EXTENSION``: end the connection now, mid-request: :meth:`abort` (RST),
+        or a FIN after what was written (the kernel resets instead if the client's
+        unread bytes are still queued, or if it keeps sending)."""
+        if reset:
+            self.abort()
+            return
+        self._broken = True
+        sock = self._sock if self._sock is not None else _tls_socket(self.stream)
+        if sock is None or sock.fileno() < 0:
+            return
+        self._stop_reading()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
         sock.close()  # trio wakes every task waiting on it (ClosedResourceError)
 
     async def _close(self) -> None:

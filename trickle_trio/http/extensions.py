@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = [
     "BODY_EXTENSION",
+    "CUT_EXTENSION",
     "DISCONNECT_EXTENSION",
     "PARTS_EXTENSION",
     "PUSH_EXTENSION",
+    "Cut",
     "Flush",
     "SendParts",
     "TakeBody",
@@ -46,11 +48,19 @@ PARTS_EXTENSION = "trickle.body_parts"
 #: be written to from the task that produced the bytes.
 PUSH_EXTENSION = "trickle.push_parts"
 
+#: Of every request: ``{"cut": f}``; ``f(reset)`` ends the connection now, without
+#: finishing the response (fault injection, :mod:`trickle_trio.faults`): with a reset
+#: (RST, unsent bytes dropped) when ``reset`` is true, else with a FIN after what was
+#: written. Later sends go nowhere and ``receive()`` says ``http.disconnect``.
+CUT_EXTENSION = "trickle.cut"
+
 #: ``take_body(sink) -> bool`` (:data:`BODY_EXTENSION`).
 TakeBody = Callable[[Callable[[bytes], None]], bool]
 #: ``await send_parts(parts, more_body)`` (:data:`PARTS_EXTENSION`).
 SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
 #: ``try_send(parts) -> 0 | 1 | 2`` (:data:`PUSH_EXTENSION`).
 TryPush = Callable[[Sequence[bytes]], int]
+#: ``cut(reset)`` (:data:`CUT_EXTENSION`).
+Cut = Callable[[bool], None]
 #: ``await flush()`` (:data:`PUSH_EXTENSION`).
 Flush = Callable[[], Awaitable[None]]
