@@ -53,6 +53,7 @@ __all__ = [
     "Rule",
     "Stall",
     "Throttle",
+    "action_to_dict",
     "route_kind",
     "rule_from_dict",
     "rules_from_data",
@@ -203,6 +204,14 @@ _ACTIONS: Final[dict[str, type[Action]]] = {
 _ACTION_NAMES: Final = {cls: name for name, cls in _ACTIONS.items()}
 
 
+def action_to_dict(action: Action) -> dict[str, Any]:
+    """``{"action": name, **fields}``: an action's part of a rule's plain-data form."""
+    data: dict[str, Any] = {"action": _ACTION_NAMES[type(action)]}
+    for key, value in vars(action).items():
+        data[key] = dict(value) if isinstance(value, Mapping) else value
+    return data
+
+
 def _check_duration(action: str, seconds: Any) -> None:
     if (
         not isinstance(seconds, int | float)
@@ -304,6 +313,9 @@ class Rule:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form (what :func:`rule_from_dict` reads), with the counters."""
+        return {**self._match_dict(), **action_to_dict(self.action), **self._counters()}
+
+    def _match_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id}
         if self.name is not None:
             data["name"] = self.name
@@ -313,12 +325,10 @@ class Rule:
                 data[key] = value
         data["nth"] = self.nth
         data["once"] = self.once
-        data["action"] = _ACTION_NAMES[type(self.action)]
-        for key, value in vars(self.action).items():
-            data[key] = dict(value) if isinstance(value, Mapping) else value
-        data["matched"] = self.matched
-        data["fired"] = self.fired
         return data
+
+    def _counters(self) -> dict[str, Any]:
+        return {"matched": self.matched, "fired": self.fired}
 
 
 @dataclass(frozen=True)

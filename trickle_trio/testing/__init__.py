@@ -14,9 +14,15 @@ Fixtures:
 - ``trickle_registry``: a :class:`~trickle_trio.ChannelRegistry` in the test's nursery.
 - ``trickle_app``: the ASGI app serving ``trickle_registry``, in-process (drive it with
   :func:`open_exchange`; works under ``autojump_clock``).
-- ``trickle_server``: a real hypercorn server on 127.0.0.1 and an ephemeral port, a
-  :class:`~trickle_trio.server.RunningServer` (``.url``, ``.registry``); drained and
-  stopped after the test.
+- ``trickle_server``: a real server on 127.0.0.1 and an ephemeral port, a
+  :class:`~trickle_trio.server.RunningServer` (``.url``, ``.registry``, ``.faults``: an
+  empty :class:`~trickle_trio.faults.FaultPlan`, ``trickle_server.faults.add(...)``);
+  drained and stopped after the test.
+- ``trickle_faults``: a fresh fault plan for in-process exchanges
+  (``open_exchange(trickle_app, ..., faults=trickle_faults)``).
+- ``trickle_server_process`` (sync: any test, Trio, asyncio, anyio or none): a real
+  server in a child process (:mod:`trickle_trio.testing.process`): ``.url`` and
+  ``.faults``, a client of its fault control route.
 - ``trickle_channel_url``, ``trickle_publisher``, ``trickle_subscriber``,
   ``trickle_clients``: a connected client publisher/subscriber pair on a fresh channel
   of ``trickle_server`` (see :mod:`trickle_trio.testing.clients`).
@@ -34,6 +40,7 @@ import pytest
 import trio
 
 from ..config import Settings
+from ..faults.plan import FaultPlan
 from ..http.app import create_app
 from ..registry import ChannelRegistry
 from ..server import RunningServer, open_server
@@ -45,19 +52,30 @@ from .clients import (
     trickle_publisher,
     trickle_subscriber,
 )
+from .process import (
+    ServerProcess,
+    pytest_configure,
+    pytest_runtest_makereport,
+    trickle_server_process,
+)
 
 __all__ = [
     "ClientPair",
     "Exchange",
     "Response",
+    "ServerProcess",
     "open_exchange",
     "open_server",
+    "pytest_configure",
+    "pytest_runtest_makereport",
     "trickle_app",
     "trickle_channel_url",
     "trickle_clients",
+    "trickle_faults",
     "trickle_publisher",
     "trickle_registry",
     "trickle_server",
+    "trickle_server_process",
     "trickle_settings",
     "trickle_subscriber",
 ]
@@ -69,10 +87,12 @@ TRIO_FIXTURES = frozenset(
         "trickle_registry",
         "trickle_app",
         "trickle_server",
+        "trickle_server_process",
         "trickle_channel_url",
         "trickle_publisher",
         "trickle_subscriber",
         "trickle_clients",
+        "trickle_faults",
     }
 )
 
@@ -118,6 +138,13 @@ def trickle_app(trickle_registry: ChannelRegistry, trickle_settings: Settings) -
 
 @pytest.fixture
 async def trickle_server(trickle_settings: Settings) -> AsyncIterator[RunningServer]:
-    """A real server on an ephemeral loopback port, drained and stopped after the test."""
-    async with open_server(trickle_settings) as server:
+    """A real server on an ephemeral loopback port, drained and stopped after the test;
+    ``trickle_server.faults`` is its (empty) fault plan."""
+    async with open_server(trickle_settings, faults=FaultPlan()) as server:
         yield server
+
+
+@pytest.fixture
+def trickle_faults() -> FaultPlan:
+    """An empty fault plan, for ``open_exchange(..., faults=trickle_faults)``."""
+    return FaultPlan()
