@@ -75,4 +75,9 @@ def load_plan(path: str | Path) -> FaultPlan:
         raise FaultPlanError(f"cannot read fault plan {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FaultPlanError(f"fault plan {path} is not valid TOML: {exc}") from None
-    return FaultPlan(rules_from_data(data, where=str(path)))
+    unknown = sorted(key for key in data if key != "rule")
+    if unknown:
+        raise FaultPlanError(
+            f"{path}: unknown key {', '.join(unknown)} (rules go in [[rule]] tables)"
+        )
+    return FaultPlan(rules_from_data(data.get("rule", []), where=str(path)))

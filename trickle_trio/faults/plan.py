@@ -524,13 +524,13 @@ def rules_from_data(data: Any, *, where: str = "plan") -> list[Rule]:
     Raises:
         FaultPlanError: ``where: rule N: reason``.
     """
-    if isinstance(data, Mapping) and "action" not in data:
+    if isinstance(data, Mapping) and "rule" in data:
         unknown = sorted(str(key) for key in data if key != "rule")
         if unknown:
             raise FaultPlanError(
                 f"{where}: unknown key {', '.join(unknown)} (rules go in [[rule]] tables)"
             )
-        data = data.get("rule", [])
+        data = data["rule"]
     items = [data] if isinstance(data, Mapping) else data
     if not isinstance(items, list):
         raise FaultPlanError(f"{where}: expected a rule or a list of rules")
