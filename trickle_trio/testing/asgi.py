@@ -109,7 +109,6 @@ class Exchange:
     def _cut(self, reset: bool) -> None:
         """The ``trickle.cut`` extension: the client sees the response end here, cut."""
         self.cut = "rst" if reset else "fin"
-        self._body_done = True
         self._response_send.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
