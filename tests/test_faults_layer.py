@@ -72,7 +72,8 @@ async def test_a_throttled_response_goes_out_at_the_rate(
         chunks = []
         while (chunk := await get.read_chunk()) is not None:
             chunks.append((trio.current_time() - start, len(chunk)))
-    assert get.response is not None and get.response.body == body
+    assert get.response is not None
+    assert get.response.body == body
     sent = 0
     for at, size in chunks:  # never ahead of 100 bytes/s
         assert at >= sent / 100 - 1e-9
@@ -231,6 +232,7 @@ async def test_an_unmatched_request_reaches_the_app_untouched(trickle_app: Any) 
     plan.add(Delay(0.0, where="first-byte"), channel="cam")
     await layer(scope("/cam/0"), receive, send)
     faulted_scope, faulted_receive, faulted_send = seen[-1]
-    assert faulted_receive is receive and faulted_send is not send
+    assert faulted_receive is receive
+    assert faulted_send is not send
     # Every byte of a faulted request passes the layer: no shortcut is left.
     assert set(faulted_scope["extensions"]) == {DISCONNECT_EXTENSION}
