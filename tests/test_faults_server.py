@@ -37,8 +37,8 @@ async def read_until_end(url: str, request: bytes) -> tuple[bytes, str]:
             try:
                 chunk = await stream.receive_some(65536)
             except trio.BrokenResourceError as exc:
-                assert isinstance(exc.__cause__, ConnectionResetError)
-                return received, "rst"
+                reset = isinstance(exc.__cause__, ConnectionResetError)
+                return received, "rst" if reset else f"broken: {exc.__cause__!r}"
             if not chunk:
                 return received, "fin"
             received += chunk
