@@ -87,12 +87,10 @@ TRIO_FIXTURES = frozenset(
         "trickle_registry",
         "trickle_app",
         "trickle_server",
-        "trickle_server_process",
         "trickle_channel_url",
         "trickle_publisher",
         "trickle_subscriber",
         "trickle_clients",
-        "trickle_faults",
     }
 )
 
