@@ -479,10 +479,10 @@ async def test_a_stalled_reader_holds_nothing_up_and_its_bytes_are_counted(
 
     async def stalled(*, task_status: trio.TaskStatus[None]) -> None:
         with channel.subscribers.lease():
-            channel.reading(segment)
+            held = channel.reading(segment)
             task_status.started()  # its head went out long ago
             await leave.wait()
-            channel.done_reading(segment)
+            channel.done_reading(segment, held)
 
     async with trio.open_nursery() as handlers:
         await handlers.start(stalled)

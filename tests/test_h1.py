@@ -27,7 +27,11 @@ import trio
 from trickle_trio.config import Settings
 from trickle_trio.core.segment import SegmentState
 from trickle_trio.h1 import connection as h1_connection
-from trickle_trio.h1.connection import Connection, ServerContext
+from trickle_trio.h1 import heads as h1_heads
+from trickle_trio.h1 import output as h1_output
+from trickle_trio.h1.connection import Connection
+from trickle_trio.h1.output import Output
+from trickle_trio.h1.parser import RequestHead
 from trickle_trio.h1.reactor import current_reactor
 from trickle_trio.http import subscribe as streams
 from trickle_trio.segment import Segment
@@ -205,17 +209,17 @@ async def test_pending_chunks_go_out_unjoined_even_past_one_writevs_buffer_limit
     assert reply.body == b"".join(pieces)
     assert len(writes.taken) >= 3  # 3000 chunks, at most 1024 buffers per writev
     assert sum(writes.taken) - len(reply.body) < 400  # the head and one chunk's framing
-    assert h1_connection.IOV_MAX == 1024
+    assert h1_output.IOV_MAX == 1024
 
 
 def test_the_date_header_is_built_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_800_000_000.2]
-    monkeypatch.setattr(h1_connection.time, "time", lambda: now[0])
-    first = h1_connection._date_header()
+    monkeypatch.setattr(h1_heads.time, "time", lambda: now[0])
+    first = h1_heads.date_header()
     now[0] += 0.5
-    assert h1_connection._date_header() is first  # same second: reused
+    assert h1_heads.date_header() is first  # same second: reused
     now[0] += 1.0
-    later = h1_connection._date_header()
+    later = h1_heads.date_header()
     assert (first, later) == (
         b"date: Fri, 15 Jan 2027 08:00:00 GMT\r\n",
         b"date: Fri, 15 Jan 2027 08:00:01 GMT\r\n",
@@ -328,9 +332,7 @@ async def test_body_chunks_keep_their_order_in_a_burst(trickle_server: RunningSe
 async def test_a_body_is_not_taken_over_while_chunks_wait_for_the_app() -> None:
     # What keeps the order: chunks parsed before the offer go through receive() first.
     connection = object.__new__(Connection)
-    request = h1_connection._Request(
-        h1_connection.RequestHead("POST", b"/cam/0", "1.1", [], True, True, False)
-    )
+    request = h1_connection._Request(RequestHead("POST", b"/cam/0", "1.1", [], True, True, False))
     connection._current = connection._parsing = request
     request.chunks.append(b"queued")
     sink: list[bytes] = []
@@ -703,7 +705,7 @@ async def test_with_fast_path_off_hypercorn_serves(writes: Writes) -> None:
 
 @dataclasses.dataclass
 class Pushes:
-    """``Connection.try_push``'s answers (0 none, 1 all, 2 part) and reader wake-ups."""
+    """``Output.try_push``'s answers (0 none, 1 all, 2 part) and reader wake-ups."""
 
     answers: list[int] = dataclasses.field(default_factory=list)
     wakes: int = 0
@@ -712,10 +714,10 @@ class Pushes:
 @pytest.fixture
 def pushes(monkeypatch: pytest.MonkeyPatch) -> Pushes:
     record = Pushes()
-    real_try = Connection.try_push
+    real_try = Output.try_push
     real_wait = Segment.wait_readable
 
-    def try_push(self: Connection, parts: Sequence[bytes]) -> int:
+    def try_push(self: Output, parts: Sequence[bytes]) -> int:
         answer = real_try(self, parts)
         record.answers.append(answer)
         return answer
@@ -724,7 +726,7 @@ def pushes(monkeypatch: pytest.MonkeyPatch) -> Pushes:
         record.wakes += 1
         return await real_wait(self, index)
 
-    monkeypatch.setattr(Connection, "try_push", try_push)
+    monkeypatch.setattr(Output, "try_push", try_push)
     monkeypatch.setattr(Segment, "wait_readable", wait_readable)
     return record
 
@@ -855,12 +857,11 @@ async def test_a_push_never_cuts_into_another_write_and_keeps_the_order() -> Non
     ours = trio.socket.socket()
     await ours.connect(listener.getsockname())
     peer, _ = await listener.accept()
-    connection = Connection(
-        trio.SocketStream(ours), ServerContext(app=None, keep_alive_timeout=5, max_head_bytes=1)
-    )
+    connection = Output(trio.SocketStream(ours), ours, lambda: None)
     # a chunked response under way, its head written
-    connection._status = 200
-    connection._started = connection._chunked = True
+    connection.start(200, [], method="GET", http_version="1.1", body_unread=False, stopping=False)
+    await connection.body([], more=True)
+    assert await peer.recv(1000)  # the head
     received = bytearray()
     with trio.fail_after(LIMIT):
         connection._writing = True  # another write is under way
@@ -888,7 +889,7 @@ async def test_a_push_never_cuts_into_another_write_and_keeps_the_order() -> Non
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
             await connection.flush()  # the backlog first
-            await connection._body([b"next"], more=True)
+            await connection.body([b"next"], more=True)
     assert bytes(received) == expected
     for sock in (ours, peer, listener):
         sock.close()

@@ -13,16 +13,20 @@ Ownership:
   reader: it goes on reading the bytes its segment held, at its own pace, and the
   channel's task lives (owning those buffers, counted as retained) until the last such
   reader has finished or left.
+- A segment that has left the window while a subscriber still streams it is *pinned*;
+  the server's bound on pinned bytes (``pins.PinnedSegments``) cuts the readers of the
+  oldest pinned segments past it (``Channel.cut_readers``).
 
 Nothing here blocks while holding state: ``append``/``close`` and the window decisions
 are sync, so a decision and the state change it makes are never separated by a
 checkpoint.
 
-Imports: trio, ``core``, ``segment``, ``leases`` and ``metrics`` (plain counters).
+Imports: trio, ``core``, ``segment``, ``leases``, ``pins`` and ``metrics`` (plain counters).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +37,12 @@ from .core.channel_state import ChannelState, Read
 from .core.errors import ChannelClosedError
 from .leases import TaskScopes
 from .metrics import ServerMetrics
+from .pins import PinnedSegments
 from .segment import Segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Channel", "ChannelLimits", "ReadResult"]
+__all__ = ["Channel", "ChannelLimits", "ReadResult", "Reader"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,14 @@ class ChannelLimits:
 ReadResult = Read[Segment]
 
 
+@dataclass(eq=False, slots=True)
+class Reader:
+    """One subscriber streaming a segment (:meth:`Channel.reading`), and how to cut it
+    (None once cut, or for a reader that can't be)."""
+
+    cut: Callable[[], None] | None
+
+
 class Channel:
     """A named stream: its window of segments, ``next_write`` and the lent scopes.
 
@@ -72,8 +85,11 @@ class Channel:
         metrics: ServerMetrics | None = None,
         limits: ChannelLimits | None = None,
         on_delete: Callable[[Channel], None] | None = None,
+        pins: PinnedSegments | None = None,
     ) -> None:
         self.name = name
+        #: The server's pinned segments (the bound on what slow readers hold), if any.
+        self._pins = pins
         #: Called (sync) the moment the channel is deleted: the registry forgets the name.
         self._on_delete = on_delete
         self.limits = limits if limits is not None else ChannelLimits()
@@ -100,9 +116,9 @@ class Channel:
         self._settled = trio.Event()
         self._released = trio.Event()
         self._deleted = trio.Event()
-        #: Segments being streamed to subscribers now, and how many read each: what
-        #: readers of a deleted channel still hold (``retained_bytes``).
-        self._reading: dict[Segment, int] = {}
+        #: Segments being streamed to subscribers now, and their readers: what readers
+        #: of a deleted channel still hold (``retained_bytes``), and whom to cut.
+        self._reading: dict[Segment, list[Reader]] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -140,7 +156,10 @@ class Channel:
         """
         if self.closed:
             raise ChannelClosedError(self.name)
-        return self.state.segment_for_write(seq, reset=reset)
+        segment = self.state.segment_for_write(seq, reset=reset)
+        if self._reading:
+            self._pin_unheld()
+        return segment
 
     def segment_for_read(self, seq: int) -> ReadResult:
         """Resolve a GET for ``seq`` (``-1``/``-2``/``-N`` allowed), precreating the
@@ -148,6 +167,8 @@ class Channel:
         found = self.state.segment_for_read(seq)
         if found.precreated:
             logger.debug("segment precreated channel=%s seq=%d", self.name, found.seq)
+            if self._reading:
+                self._pin_unheld()
         return found
 
     def segment_in_window(self, seq: int) -> Segment | None:
@@ -167,16 +188,51 @@ class Channel:
 
     # -- readers ---------------------------------------------------------------------------
 
-    def reading(self, segment: Segment) -> None:  # sync on purpose
-        """A subscriber starts streaming ``segment`` (pair with :meth:`done_reading`)."""
-        self._reading[segment] = self._reading.get(segment, 0) + 1
+    def reading(self, segment: Segment, cut: Callable[[], None] | None = None) -> Reader:
+        """A subscriber starts streaming ``segment`` (pair with :meth:`done_reading`).
 
-    def done_reading(self, segment: Segment) -> None:  # sync on purpose
-        count = self._reading.get(segment, 0) - 1
-        if count > 0:
-            self._reading[segment] = count
+        ``cut`` (sync) ends that subscriber visibly (its connection reset): it is called
+        if the segment stays pinned past the server's bound (:mod:`trickle_trio.pins`).
+        Sync on purpose.
+        """
+        reader = Reader(cut)
+        readers = self._reading.get(segment)
+        if readers is None:
+            self._reading[segment] = [reader]
         else:
-            self._reading.pop(segment, None)
+            readers.append(reader)
+        return reader
+
+    def done_reading(self, segment: Segment, reader: Reader) -> None:  # sync on purpose
+        readers = self._reading.get(segment)
+        if readers is None:
+            return
+        with contextlib.suppress(ValueError):
+            readers.remove(reader)
+        if not readers:
+            del self._reading[segment]
+            if self._pins is not None:
+                self._pins.release(segment)
+
+    def _pin_unheld(self) -> None:  # sync on purpose
+        """Pin every segment being read that is no longer in the window."""
+        pins = self._pins
+        if pins is None:
+            return
+        window = self.state.window
+        for segment in list(self._reading):
+            if window.get(segment.seq) is not segment:
+                pins.pin(segment, self)
+
+    def cut_readers(self, segment: Segment) -> int:  # sync on purpose
+        """Cut every reader of ``segment`` that can be cut; how many were."""
+        cut = 0
+        for reader in list(self._reading.get(segment, ())):
+            if reader.cut is not None:
+                reader.cut()
+                reader.cut = None
+                cut += 1
+        return cut
 
     @property
     def retained_bytes(self) -> int:
@@ -292,6 +348,9 @@ class Channel:
                     await self._tear_down()
             await self.subscribers.wait_drained()
         finally:
+            if self._pins is not None:
+                for segment in self._reading:
+                    self._pins.release(segment)
             self._reading.clear()
             self._deleted.set()
 
@@ -307,6 +366,7 @@ class Channel:
             self._overran("publishers")
         for segment in self.window.clear():
             segment.release_idle_writers()
+        self._pin_unheld()
         self._released.set()
 
     def _overran(self, phase: str) -> None:

@@ -182,6 +182,9 @@ _LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_url_length", int, "longest request path (414 beyond; default 2048)"),
     ("max_header_bytes", int, "request line + headers (431 beyond; default 16384)"),
     ("preconnect_timeout", float, "release idle preconnects after S seconds (default 0 = never)"),
+    ("max_pinned_bytes", int, "bytes slow readers may pin past the window (cut; 0 = off)"),
+    ("max_connections", int, "connections open at once (503 + close; 0 = off)"),
+    ("max_connections_per_client", int, "connections per client address (429; 0 = off)"),
 )
 
 _FLAGS = (

@@ -108,6 +108,21 @@ class Settings:
     max_url_length: int = 2048
     #: Request line plus headers, in bytes (431 beyond, and the connection is closed).
     max_header_bytes: int = 16 * 1024
+    #: Bytes of segments that have left their window (pushed out by newer ones, or
+    #: their channel deleted) but that subscribers still stream, across the server: a
+    #: reader that stopped reading pins its segment. Past this bound the readers of the
+    #: segments pinned longest are cut, oldest first (connection reset: the client sees
+    #: an error, never a clean end). 0 = no bound (the default).
+    max_pinned_bytes: int = 0
+    #: Connections open at once (0 = no limit, the default). One accepted past it is
+    #: answered ``503`` and closed before its request is read; keep it well above
+    #: ``max_requests`` plus the idle keep-alive connections you expect. trickle-trio's
+    #: own server only (``fast_path``); under hypercorn use its ``--backlog``/proxy caps.
+    max_connections: int = 0
+    #: Connections open at once from one client address (0 = no limit, the default:
+    #: a gateway's idle preconnects are connections, and must never be refused by a
+    #: guess). Past it: ``429`` and closed, as for ``max_connections``.
+    max_connections_per_client: int = 0
     #: Release a preconnected POST that has sent no byte for this long (408); 0 = never,
     #: as in the reference (which keeps it alive with 100 Continue).
     preconnect_timeout: float = 0.0
@@ -155,10 +170,14 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.max_requests_per_client < 0:
-            raise SettingsError(
-                f"max_requests_per_client must be >= 0, not {self.max_requests_per_client}"
-            )
+        for name in (
+            "max_requests_per_client",
+            "max_pinned_bytes",
+            "max_connections",
+            "max_connections_per_client",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.preconnect_timeout < 0:
             raise SettingsError(f"preconnect_timeout must be >= 0, not {self.preconnect_timeout}")
         for name in ("publish_token", "subscribe_token", "faults_token"):
@@ -252,6 +271,8 @@ HYPERCORN_OWNED = frozenset(
         "keep_alive_timeout",
         "max_header_bytes",
         "fast_path",  # under plain hypercorn, hypercorn is the HTTP server
+        "max_connections",  # trickle-trio's own server's caps
+        "max_connections_per_client",
     }
 )
 

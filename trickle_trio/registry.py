@@ -24,6 +24,7 @@ from .config import Settings
 from .core import wire
 from .core.errors import ChannelNotFoundError, LimitExceededError
 from .metrics import ServerMetrics
+from .pins import PinnedSegments
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ChannelRegistry:
         teardown_grace: see ``Settings.teardown_grace``.
         changefeed: keep the ``_changes`` channel (created at once, its first event).
         limits: channel counts, segment sizes, attached requests, preconnect timeout.
+        max_pinned_bytes: see ``Settings.max_pinned_bytes`` (0: no bound).
     """
 
     def __init__(
@@ -47,8 +49,12 @@ class ChannelRegistry:
         teardown_grace: float = 5.0,
         changefeed: bool = False,
         limits: ChannelLimits | None = None,
+        max_pinned_bytes: int = 0,
     ) -> None:
         self._nursery = nursery
+        #: Segments out of their window that slow readers still hold, and their bound.
+        self.pins = PinnedSegments(max_pinned_bytes)
+        self._more_gauges: list[Callable[[], dict[str, float]]] = []
         self._teardown_grace = teardown_grace
         self.limits = limits if limits is not None else ChannelLimits()
         self._channels: dict[str, Channel] = {}
@@ -78,6 +84,7 @@ class ChannelRegistry:
                 max_publishers=settings.max_publishers_per_channel,
                 preconnect_timeout=settings.preconnect_timeout,
             ),
+            max_pinned_bytes=settings.max_pinned_bytes,
         )
 
     def __len__(self) -> int:
@@ -98,15 +105,25 @@ class ChannelRegistry:
         """A snapshot of the deleted channels that still serve readers (or tear down)."""
         return list(self._retired)
 
+    def add_gauges(self, gauges: Callable[[], dict[str, float]]) -> None:
+        """Report ``gauges()`` with the registry's own (e.g. the HTTP server's counts)."""
+        self._more_gauges.append(gauges)
+
     def gauges(self) -> dict[str, float]:
         """What is attached now (computed on demand, for ``/metrics`` and the status view)."""
         channels = list(self._channels.values())
         retired = list(self._retired)
         everything = channels + retired
+        more: dict[str, float] = {}
+        for gauges in self._more_gauges:
+            more.update(gauges())
         return {
+            **more,
             "channels_open": len(channels),
             "channels_retired": len(retired),
             "retained_bytes": sum(channel.retained_bytes for channel in retired),
+            "pinned_bytes": self.pins.bytes,
+            "pinned_readers_cut": self.pins.readers_cut,
             "subscribers_attached": sum(len(channel.subscribers) for channel in everything),
             "publishers_attached": sum(len(channel.publishers) for channel in everything),
             "preconnects_idle": sum(
@@ -135,6 +152,7 @@ class ChannelRegistry:
             metrics=self.metrics,
             limits=self.limits,
             on_delete=self._forget,
+            pins=self.pins,
         )
         self._channels[name] = channel
         self._nursery.start_soon(self._run_channel, channel, name=f"trickle channel {name}")

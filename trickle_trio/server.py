@@ -31,6 +31,7 @@ from .config import Settings
 from .faults import FaultPlan, load_plan
 from .faults.control import FaultControl, is_loopback
 from .faults.layer import FaultLayer
+from .h1.admission import Admission
 from .http.app import app_state, create_app
 from .http.state import ServerState
 from .registry import ChannelRegistry
@@ -141,11 +142,20 @@ class RunningServer:
     app: QuartTrio
     state: ServerState
     _stop: trio.Event
+    _stopped: trio.Event
+    #: The connection caps at accept (trickle-trio's own server), or None (hypercorn).
+    admission: Admission | None = None
     faults: FaultPlan | None = None
 
     async def shutdown(self) -> None:
-        """Drain every channel, then stop hypercorn (returns once it has stopped)."""
+        """Drain every channel, then stop the HTTP server; returns once it has stopped
+        (every connection closed or reset at the graceful timeout). The channels'
+        nursery and the lifespan end with the ``open_server`` block.
+
+        Cancellation: the wait is abandoned; the shutdown, once begun, goes on.
+        """
         self._stop.set()
+        await self._stopped.wait()
 
 
 @asynccontextmanager
@@ -223,8 +233,12 @@ async def _serving(
             await stop.wait()
             logger.info("drained channels=%d", await state.drain())
 
+        stopped = trio.Event()
+        admission = None
         async with trio.open_nursery() as server_nursery:
             if settings.fast_path:
+                admission = Admission(settings.max_connections, settings.max_connections_per_client)
+                registry.add_gauges(admission.gauges)
                 serving: Any = partial(
                     h1.serve,
                     asgi,
@@ -233,6 +247,7 @@ async def _serving(
                     keep_alive_timeout=settings.keep_alive_timeout,
                     graceful_timeout=settings.graceful_timeout,
                     max_head_bytes=settings.max_header_bytes,
+                    admission=admission,
                     ssl_context=_ssl_context(settings),
                 )
             else:
@@ -243,18 +258,30 @@ async def _serving(
                     sockets=sockets,
                     shutdown_trigger=drain_then_stop,
                 )
-            urls: list[str] = await server_nursery.start(serving)
+            urls: list[str] = await server_nursery.start(_until_stopped, serving, stopped)
             if settings.fast_path:
                 logger.info("fast path on: trickle-trio's HTTP/1.1 server on %s", " ".join(urls))
             else:
                 logger.info("fast path off: stock hypercorn on %s", " ".join(urls))
             url = urls[0] + state.base_path.rstrip("/")
-            server = RunningServer(urls, url, registry, app, state, stop, plan)
+            server = RunningServer(
+                urls, url, registry, app, state, stop, stopped, admission, faults=plan
+            )
             try:
                 yield server
             finally:
                 stop.set()
         channel_nursery.cancel_scope.cancel()
+
+
+async def _until_stopped(
+    serving: Any, stopped: trio.Event, *, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    """Run the HTTP server; ``stopped`` is set when it has returned (or failed)."""
+    try:
+        await serving(task_status=task_status)
+    finally:
+        stopped.set()
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -9,8 +9,9 @@ hypercorn, h11 or Quart; stock hypercorn keeps serving the same app where this s
 is not used (``fast_path = false``, or ``hypercorn trickle_trio.asgi:app``).
 
 Modules: ``parser`` (request heads and bodies, httptools), ``connection`` (one
-connection: reads, writes, the ASGI calls), ``reactor`` (the shared reader),
-``server`` (listeners, TLS, shutdown).
+connection: its requests, reads and the ASGI calls), ``output`` (its responses: heads,
+framing, writes, pushes, reset and close), ``heads`` (status lines, Date), ``reactor``
+(the shared reader), ``server`` (listeners, TLS, shutdown).
 """
 
 from .server import serve

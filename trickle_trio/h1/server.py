@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from .admission import Admission
 from .connection import Connection, ServerContext
 from .reactor import current_reactor
 
@@ -46,11 +47,16 @@ async def serve(
     keep_alive_timeout: float = 5.0,
     graceful_timeout: float = 5.0,
     max_head_bytes: int = 16 * 1024,
+    admission: Admission | None = None,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI ``app`` on the listening ``sockets`` until ``shutdown_trigger``
     returns, then shut down as the module says. ``task_status.started`` gets the URLs.
+
+    ``admission`` (default: no caps) caps the connections open at once, in all and from
+    one client address: one accepted past a cap is answered and closed at once, without
+    a task (:mod:`.admission`).
 
     Cancellation: connections are cancelled at once (responses under way are reset),
     then the lifespan's shutdown runs.
@@ -62,6 +68,8 @@ async def serve(
         scheme="https" if ssl_context is not None else "http",
         reactor=current_reactor(),
     )
+    if admission is None:
+        admission = Admission()
     lifespan = _Lifespan(app)
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.run)
@@ -70,7 +78,9 @@ async def serve(
                 async with trio.open_nursery() as accepting:
                     for sock in sockets:
                         sock.setblocking(False)
-                        accepting.start_soon(_accept, sock, connections, context, ssl_context)
+                        accepting.start_soon(
+                            _accept, sock, connections, context, ssl_context, admission
+                        )
                     task_status.started([_url(sock, ssl_context) for sock in sockets])
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
@@ -95,13 +105,14 @@ async def _accept(
     nursery: trio.Nursery,
     context: ServerContext,
     ssl_context: ssl.SSLContext | None,
+    admission: Admission,
 ) -> None:
     """Accept connections until cancelled: up to ACCEPT_BATCH per scheduler pass."""
     while True:
         await trio.lowlevel.wait_readable(listener)
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -112,10 +123,25 @@ async def _accept(
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            nursery.start_soon(_connection, sock, context, ssl_context)
+            client = admission.admit(sock, peer)
+            if client is not None:
+                nursery.start_soon(_connection, sock, context, ssl_context, admission, client)
 
 
 async def _connection(
+    sock: socket.socket,
+    context: ServerContext,
+    ssl_context: ssl.SSLContext | None,
+    admission: Admission,
+    client: str,
+) -> None:
+    try:
+        await _serve_connection(sock, context, ssl_context)
+    finally:
+        admission.leave(client)
+
+
+async def _serve_connection(
     sock: socket.socket, context: ServerContext, ssl_context: ssl.SSLContext | None
 ) -> None:
     sock.setblocking(False)

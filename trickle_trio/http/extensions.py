@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = [
+    "ABORT_EXTENSION",
     "BODY_EXTENSION",
     "CUT_EXTENSION",
     "DISCONNECT_EXTENSION",
     "PARTS_EXTENSION",
     "PUSH_EXTENSION",
+    "Abort",
     "Cut",
     "Flush",
     "SendParts",
@@ -47,6 +49,10 @@ PARTS_EXTENSION = "trickle.body_parts"
 #: written: then ``await g()`` must follow, which writes the rest. It lets a subscriber
 #: be written to from the task that produced the bytes.
 PUSH_EXTENSION = "trickle.push_parts"
+#: Of any request: ``{"abort": f}``; ``f()`` (sync) resets the connection now: unsent
+#: bytes are dropped, every wait on it ends, and the client sees an error, never a clean
+#: end. It cuts a reader whose socket takes nothing more (a shielded write waits forever).
+ABORT_EXTENSION = "trickle.abort"
 
 #: Of every request: ``{"cut": f}``; ``f(reset)`` ends the connection now, without
 #: finishing the response (fault injection, :mod:`trickle_trio.faults`): with a reset
@@ -60,6 +66,8 @@ TakeBody = Callable[[Callable[[bytes], None]], bool]
 SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
 #: ``try_send(parts) -> 0 | 1 | 2`` (:data:`PUSH_EXTENSION`).
 TryPush = Callable[[Sequence[bytes]], int]
+#: ``abort()`` (:data:`ABORT_EXTENSION`).
+Abort = Callable[[], None]
 #: ``cut(reset)`` (:data:`CUT_EXTENSION`).
 Cut = Callable[[bool], None]
 #: ``await flush()`` (:data:`PUSH_EXTENSION`).

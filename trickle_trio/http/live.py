@@ -48,7 +48,9 @@ from ..channels import Channel
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
 from ..segment import Segment
+from .extensions import Abort
 from .responses import CLOSED, Headers, header, send_error, send_response
+from .subscribe import cutter
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +173,14 @@ async def serve_live(
     *,
     cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
     send_parts: SendParts | None = None,
+    abort: Abort | None = None,
 ) -> None:
     """Answer ``GET /{ch}/live``: the channel's segments as one endless response.
 
     See the module's rules. The client leaving is noticed through ``cancel_on_close``
     when the server offers it (the fast path's ``DISCONNECT_EXTENSION``), else by a task
-    reading ``receive()``; chunks leave through ``send_parts`` when offered.
+    reading ``receive()``; chunks leave through ``send_parts`` when offered. A reader
+    cut for the bound on pinned segments is cut as a segment GET's is (``abort``).
 
     Cancellation: by the channel (the lease's scope) or by the client leaving: the
     response is left unfinished, so the connection closes with no terminating chunk.
@@ -203,13 +207,20 @@ async def serve_live(
                 with trio.CancelScope() as gone:
                     cancel_on_close(gone)
                     await _stream(
-                        send, channel, found.segment, found.latest, options, scope, send_parts
+                        send,
+                        channel,
+                        found.segment,
+                        found.latest,
+                        options,
+                        scope,
+                        send_parts,
+                        abort,
                     )
                 return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
                 await _stream(
-                    send, channel, found.segment, found.latest, options, scope, send_parts
+                    send, channel, found.segment, found.latest, options, scope, send_parts, abort
                 )
                 nursery.cancel_scope.cancel()
         finally:
@@ -236,10 +247,11 @@ async def _stream(
     options: LiveOptions,
     scope: trio.CancelScope,
     send_parts: SendParts | None,
+    abort: Abort | None = None,
 ) -> None:
     """The head, then segment after segment until the channel ends (clean end), the
     reader asked to end at a gap, or ``scope`` is cancelled (both: cut)."""
-    reader = _Reader(send, channel, segment, options, send_parts)
+    reader = _Reader(send, channel, segment, options, send_parts, cutter(scope, abort))
     try:
         await reader.send_head(latest)
         with scope:
@@ -273,20 +285,23 @@ class _Reader:
         segment: Segment,
         options: LiveOptions,
         send_parts: SendParts | None,
+        cut: Callable[[], None],
     ) -> None:
         self.send = send
         self.channel = channel
         self.options = options
         self.send_parts = send_parts
         self.segment = segment
-        channel.reading(segment)
+        self._cut = cut
+        self._held = channel.reading(segment, cut)
 
     def release(self) -> None:  # sync on purpose
-        self.channel.done_reading(self.segment)
+        self.channel.done_reading(self.segment, self._held)
 
     def _take(self, segment: Segment) -> None:  # sync on purpose
-        self.channel.reading(segment)
-        self.channel.done_reading(self.segment)
+        held = self.channel.reading(segment, self._cut)
+        self.channel.done_reading(self.segment, self._held)
+        self._held = held
         self.segment = segment
 
     async def send_head(self, latest: int) -> None:

@@ -24,7 +24,13 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from ..core import wire
 from ..core.errors import LimitExceededError
 from ..core.routing import Kind, Route
-from .extensions import BODY_EXTENSION, DISCONNECT_EXTENSION, PARTS_EXTENSION, PUSH_EXTENSION
+from .extensions import (
+    ABORT_EXTENSION,
+    BODY_EXTENSION,
+    DISCONNECT_EXTENSION,
+    PARTS_EXTENSION,
+    PUSH_EXTENSION,
+)
 from .hooks import HookFailed, HookRequest, run_hook
 from .live import LIVE, LiveOptions, LiveQueryError, parse_live_query, serve_live
 from .publish import serve_publisher
@@ -100,6 +106,7 @@ class SegmentStreams:
             watch = extensions.get(DISCONNECT_EXTENSION)
             parts = extensions.get(PARTS_EXTENSION)
             push = extensions.get(PUSH_EXTENSION)
+            abort = extensions.get(ABORT_EXTENSION)
             if live_options is not None:
                 await serve_live(
                     channel,
@@ -108,6 +115,7 @@ class SegmentStreams:
                     send,
                     cancel_on_close=watch["cancel_on_close"] if watch else None,
                     send_parts=parts["send"] if parts else None,
+                    abort=abort["abort"] if abort else None,
                 )
                 return
             await serve_subscriber(
@@ -119,6 +127,7 @@ class SegmentStreams:
                 cancel_on_close=watch["cancel_on_close"] if watch else None,
                 send_parts=parts["send"] if parts else None,
                 push=(push["try_send"], push["flush"]) if push and parts else None,
+                abort=abort["abort"] if abort else None,
             )
             return
 

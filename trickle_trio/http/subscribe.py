@@ -20,6 +20,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from ..channels import Channel, ReadResult
 from ..core import wire
 from ..core.errors import ChannelClosedError, LimitExceededError
+from .extensions import Abort
 from .responses import CLOSED, CONNECTION_CLOSE, header, refuse, send_response
 from .state import ServerState
 
@@ -45,6 +46,7 @@ async def serve_subscriber(
     cancel_on_close: Callable[[trio.CancelScope], None] | None = None,
     send_parts: SendParts | None = None,
     push: Push | None = None,
+    abort: Abort | None = None,
 ) -> None:
     """Answer a GET for segment ``seq`` (``-1``/``-2``/``-N`` allowed).
 
@@ -65,6 +67,9 @@ async def serve_subscriber(
     the chunks that follow are written by the publisher's task as it appends them when
     the server offers ``push`` (``PUSH_EXTENSION``, with ``send_parts``); this task then
     wakes only when that stops (the segment ended, a write could not complete at once).
+    A reader cut for the server's bound on pinned segments (``Channel.cut_readers``) has
+    its lease cancelled and, where the server offers ``abort`` (``ABORT_EXTENSION``), its
+    connection reset, which also ends a write its client no longer takes.
     """
     try:
         lease = channel.subscribers.lease()
@@ -82,7 +87,7 @@ async def serve_subscriber(
         if segment is None:
             await _answer_missing(send, channel, found)
             return
-        channel.reading(segment)
+        reader = channel.reading(segment, cutter(scope, abort))
         try:
             if cancel_on_close is not None:
                 with trio.CancelScope() as gone:
@@ -96,7 +101,19 @@ async def serve_subscriber(
                 await _stream_segment(send, channel, found, scope, state, arrived, send_parts)
                 nursery.cancel_scope.cancel()
         finally:
-            channel.done_reading(segment)
+            channel.done_reading(segment, reader)
+
+
+def cutter(scope: trio.CancelScope, abort: Abort | None) -> Callable[[], None]:
+    """How to cut a reader: cancel its lease (its response is left unfinished) and reset
+    its connection where the server can (a write its client does not take then ends)."""
+
+    def cut() -> None:
+        scope.cancel()
+        if abort is not None:
+            abort()
+
+    return cut
 
 
 async def _answer_missing(send: ASGISendCallable, channel: Channel, found: ReadResult) -> None:
