@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
+from trickle_trio.cli import build_parser, settings_from_args
 from trickle_trio.config import Settings
 from trickle_trio.faults import Answer, Cut, Drop, FaultPlan, FaultPlanError
 from trickle_trio.faults.control import FaultControl, is_loopback
-from trickle_trio.server import RunningServer, open_server
+from trickle_trio.server import RunningServer, open_server, plan_of
 from trickle_trio.testing import open_exchange
 from trickle_trio.testing.process import FaultControl as FaultControlClient
 
@@ -228,3 +229,29 @@ async def test_faults_on_stock_hypercorn_answer_but_cannot_cut(
             data, _ = await read_until_end(server.url, get("/cam/0"))
     assert not data.endswith(b"0\r\n\r\n")  # never a clean end
     assert "fault cut unavailable" in caplog.text
+
+
+def test_settings_ask_for_a_plan_only_with_a_faults_setting(tmp_path: Any) -> None:
+    assert plan_of(Settings()) is None  # no fault layer at all
+    plan = plan_of(Settings(faults_control=True))
+    assert plan is not None
+    assert plan.rules == []
+    path = tmp_path / "plan.toml"
+    path.write_text('[[rule]]\naction = "drop"\n')
+    from_file = plan_of(Settings(faults=str(path)))
+    assert from_file is not None
+    assert [rule.action for rule in from_file.rules] == [Drop()]
+
+
+def test_serve_flags_for_faults(tmp_path: Any) -> None:
+    token = tmp_path / "token"
+    token.write_text("faults-token-0123456789\n")
+    args = build_parser().parse_args(
+        ["serve", "--faults-control", "--faults-token-file", str(token), "--url-file", "u"]
+    )
+    settings, sources = settings_from_args(args)
+    assert settings.faults_control
+    assert settings.faults_token == "faults-token-0123456789"
+    assert sources["faults_token"] == "flag"
+    assert args.url_file == "u"
+    assert any(line.startswith("faults_token=*** ") for line in settings.describe(sources))
