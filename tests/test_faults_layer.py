@@ -242,3 +242,21 @@ async def test_an_unmatched_request_reaches_the_app_untouched(trickle_app: Any) 
     assert faulted_send is not send
     # Every byte of a faulted request passes the layer: no shortcut is left.
     assert set(faulted_scope["extensions"]) == {DISCONNECT_EXTENSION}
+
+
+async def test_a_response_cut_mid_live_segment_lets_go_of_the_segment(
+    trickle_app: Any, trickle_faults: FaultPlan, trickle_registry: ChannelRegistry
+) -> None:
+    trickle_faults.add(Cut(after=3, how="fin"), route="segment-get")
+    async with open_exchange(trickle_app, "POST", "/cam/0") as post:
+        await post.send_body(b"abcdef")
+        async with open_exchange(trickle_app, "GET", "/cam/0", faults=trickle_faults) as get:
+            assert await get.read_chunk() == b"abc"
+            with pytest.raises(EOFError):
+                await get.read_chunk()
+            await get.finished.wait()  # the app's request ended with the cut...
+        channel = trickle_registry.get("cam")
+        assert channel is not None
+        assert not channel.subscribers  # ...while the segment is still being written
+        await post.end_body()
+        assert (await post.read_response()).status == 200
