@@ -17,7 +17,7 @@ from trickle_trio.faults import Answer, Cut, Drop, FaultPlan, FaultPlanError
 from trickle_trio.faults.control import FaultControl, is_loopback
 from trickle_trio.server import RunningServer, open_server, plan_of
 from trickle_trio.testing import open_exchange
-from trickle_trio.testing.process import FaultControl as FaultControlClient
+from trickle_trio.testing.process import FaultClient
 
 from .sockets import call
 
@@ -137,7 +137,7 @@ async def test_the_control_route_adds_lists_and_clears_rules(
 ) -> None:
     settings = trickle_settings.replace(faults_control=True)
     async with open_server(settings) as server:
-        client = FaultControlClient(server.url)
+        client = FaultClient(server.url)
         with trio.fail_after(TIMEOUT):
             added = await trio.to_thread.run_sync(
                 lambda: client.add("answer", route="segment-post", seq=1, status=404)
@@ -255,3 +255,17 @@ def test_serve_flags_for_faults(tmp_path: Any) -> None:
     assert sources["faults_token"] == "flag"
     assert args.url_file == "u"
     assert any(line.startswith("faults_token=*** ") for line in settings.describe(sources))
+
+
+async def test_the_control_route_under_the_base_path(trickle_settings: Settings) -> None:
+    settings = trickle_settings.replace(faults_control=True, base_path="/trickle/")
+    async with open_server(settings) as server:
+        rule = json.dumps({"action": "answer", "status": 503, "route": "create"}).encode()
+        with trio.fail_after(TIMEOUT):
+            assert (await call(server.url, "POST", "/_/faults", rule)).status == 201
+            assert (await call(server.url, "GET", "/_/faults")).status == 200
+            assert server.url.endswith("/trickle")
+            assert (await call(server.url, "GET", "/trickle/_/faults/fired")).status == 200
+            assert (await call(server.url, "POST", "/trickle/cam")).status == 503
+            fired = json.loads((await call(server.url, "GET", "/trickle/_/faults/fired")).body)
+    assert [record["path"] for record in fired["fired"]] == ["/trickle/cam"]

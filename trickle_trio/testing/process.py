@@ -5,7 +5,7 @@ The ``trickle_server_process`` fixture is plain (sync) pytest, so it serves asyn
 each worker starts its own servers on ports the kernel picks. It runs ``python -m
 trickle_trio serve`` on 127.0.0.1, port 0, with the fault control route on, waits until
 the server answers (it writes its URL to a file once it does: ``--url-file``), yields a
-:class:`ServerProcess` (``.url``, ``.faults``: a :class:`FaultControl` client), and
+:class:`ServerProcess` (``.url``, ``.faults``: a :class:`FaultClient`), and
 stops it by its own PID after the test (SIGTERM, then SIGKILL after 10 s). A failing
 test's report carries the server's log. Extra ``serve`` flags:
 ``@pytest.mark.trickle_serve("--max-segment-bytes", "65536")``.
@@ -37,7 +37,7 @@ import pytest
 from ..faults.plan import Action, FaultPlanError, action_to_dict
 
 __all__ = [
-    "FaultControl",
+    "FaultClient",
     "ServerProcess",
     "pytest_configure",
     "pytest_runtest_makereport",
@@ -57,7 +57,7 @@ LOG_LINES: Final = 200
 _PROCESSES = pytest.StashKey[list["ServerProcess"]]()
 
 
-class FaultControl:
+class FaultClient:
     """A sync client of a server's fault control route (``/_/faults``), stdlib only.
 
     ``add("cut", route="segment-post", seq=3, of="request", after=1000)`` (or
@@ -142,7 +142,7 @@ class ServerProcess:
         self.popen = popen
         self.url = url
         self.log_path = log_path
-        self.faults = FaultControl(url)
+        self.faults = FaultClient(url)
 
     @property
     def pid(self) -> int:
