@@ -43,6 +43,12 @@ def test_the_fixture_serves_and_takes_faults(trickle_server_process: ServerProce
     assert "fast path on" in server.log()
 
 
+@pytest.mark.trickle_serve("--max-segment-bytes", "10")
+def test_the_marker_passes_serve_flags(trickle_server_process: ServerProcess) -> None:
+    assert status_of("POST", f"{trickle_server_process.url}/cam/0", b"x" * 100) == 413
+    assert status_of("POST", f"{trickle_server_process.url}/cam/1", b"x" * 10) == 200
+
+
 def test_serve_applies_a_toml_plan_and_refuses_a_bad_one(tmp_path: Path) -> None:
     plan = tmp_path / "plan.toml"
     plan.write_text('[[rule]]\nroute = "create"\naction = "answer"\nstatus = 503\n')
