@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve cluster test lint typecheck check clean vendor vendor-check
+.PHONY: serve cluster test test-stock lint typecheck check clean vendor vendor-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)  ## lint, type-check and run the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-stock: $(STAMP)  ## the test suite again with every server on stock hypercorn (fast path off)
+	$(BIN)/pytest --fast-path=off $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

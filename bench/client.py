@@ -1,16 +1,26 @@
-"""A minimal HTTP/1.1 client for the load generator: raw non-blocking sockets on trio.
+"""The load generator's HTTP/1.1 client: raw non-blocking sockets on trio, one ``Conn``
+for both ways of driving it.
 
 Only what the benchmarks need, as cheap per call as possible: a hand-written request
 writer (``sendmsg`` of header, data and trailer without joining them), a response-head
-parser, and a chunked / Content-Length / until-close body reader that hands the caller
-``memoryview`` slices of one reused receive buffer, so that no payload byte is copied
-between the kernel and the checksum.
+parser, and an incremental chunked / Content-Length decoder (``Body``) that hands the
+caller ``memoryview`` slices of the connection's one reused receive buffer, so that no
+payload byte is copied between the kernel and the checksum.
+
+A ``Conn`` is driven either by a trio task (``send``, ``read_head``, ``read_body``: they
+wait for the socket) or synchronously by the live engine's reactor (``write``, ``flush``,
+``recv``, ``parse_head`` and ``Body.feed``, which never wait: see ``reactor.py``). Both
+ways share the same buffer, head parser and body decoder.
+
+Why hand-written and not h11/httpx: see bench/README ("How the load generator works").
 
 Rules:
-- A ``Conn`` is used by one task at a time; nothing here locks.
+- A ``Conn`` is used by one owner at a time; nothing here locks.
 - Payload views passed to ``on_data`` are valid only during the call.
 - A fast path that never blocks still yields to trio every few calls, so that one busy
   stream cannot starve the other tasks of its process.
+- On cancellation the awaiting methods leave the connection in an unknown state: the
+  caller closes it (a pool never sees it again).
 
 Imports: stdlib and trio only (never trickle_trio.client: the bench must measure any server
 with the same client).
@@ -23,16 +33,21 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from .reactor import Reactor
 
 RECV_SIZE = 256 * 1024
 _YIELD_EVERY = 8
 _CRLF = b"\r\n"
+_MAX_SIZE_LINE = 1024
 
 
 class HttpError(Exception):
-    """The peer broke the HTTP framing, or the connection ended early."""
+    """The peer broke the HTTP framing, or the connection broke or ended early."""
 
 
 @dataclass(slots=True)
@@ -48,74 +63,158 @@ class Head:
 
 
 class Conn:
-    """One keep-alive HTTP/1.1 connection to ``host:port``."""
+    """One keep-alive HTTP/1.1 connection to ``host:port``: a non-blocking socket, a
+    receive buffer (``buf[start:end]`` received but not yet consumed) and a send backlog
+    (``out``, used by ``write`` only)."""
 
     __slots__ = (
-        "_end",
         "_fast",
-        "_rbuf",
-        "_rview",
-        "_start",
+        "buf",
         "closed",
+        "end",
+        "fd",
         "host",
         "idle_since",
+        "out",
+        "reader",
         "sock",
+        "start",
+        "view",
     )
 
-    def __init__(self, sock: socket.socket, host: bytes) -> None:
+    def __init__(self, sock: socket.socket, host: bytes, recv_size: int = RECV_SIZE) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.host = host
         self.closed = False
-        self._rbuf = bytearray(RECV_SIZE)
-        self._rview = memoryview(self._rbuf)
-        # Received but not yet consumed: ``_rbuf[_start:_end]``.
-        self._start = 0
-        self._end = 0
+        self.buf = bytearray(recv_size)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+        self.out = bytearray()
+        #: Called by the reactor when readable (None = not watched for reading).
+        self.reader: Callable[[], None] | None = None
+        #: ``time.monotonic()`` when it last went idle (see ``put_idle``).
+        self.idle_since = time.monotonic()
         self._fast = 0
-        #: ``time.monotonic()`` when it last went back to a pool.
-        self.idle_since = 0.0
 
     @classmethod
-    async def open(cls, host: str, port: int) -> Conn:
-        """Connect (TCP_NODELAY on) to ``host:port``."""
+    async def open(cls, host: str, port: int, recv_size: int = RECV_SIZE) -> Conn:
+        """Connect (TCP_NODELAY on) to ``host:port``. Cancelled: the socket is closed."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             err = sock.connect_ex((host, port))
-            if err not in (0, errno.EINPROGRESS):
-                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
-            if err:
+            if err == errno.EINPROGRESS:
                 await trio.lowlevel.wait_writable(sock)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
             else:
                 await trio.lowlevel.checkpoint()
+            if err:
+                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err)}")
         except BaseException:
             sock.close()
             raise
-        return cls(sock, f"{host}:{port}".encode())
+        return cls(sock, f"{host}:{port}".encode(), recv_size)
 
-    def peer_closed(self) -> bool:
-        """True if the server has closed (or reset) this idle connection."""
-        if self.closed or self._start < self._end:
-            return self.closed
+    def reusable(self, max_idle: float) -> bool:
+        """Still fit to carry a request: open, idle at most ``max_idle`` seconds (servers
+        close idle keep-alive connections: hypercorn after 5 s), nothing unread, and not
+        closed or reset by the server."""
+        if self.closed or self.start < self.end:
+            return False
+        if time.monotonic() - self.idle_since > max_idle:
+            return False
         try:
             self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
-            return False
-        except OSError:
             return True
-        # EOF, or bytes nobody asked for: either way the connection is not reusable.
-        return True
+        except OSError:
+            return False
+        return False  # EOF, or bytes nobody asked for
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.sock.close()
 
-    # -- writing -----------------------------------------------------------------------
+    # -- synchronous: never waits (the reactor's side) ---------------------------------
+
+    def write(self, data: bytes | bytearray, reactor: Reactor) -> None:
+        """Send ``data`` now, or queue what the socket won't take for ``reactor`` to
+        flush when the socket is writable."""
+        if self.closed:
+            raise HttpError("send on a closed connection")
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise HttpError(f"send failed: {exc}") from exc
+        if sent < len(data):
+            self.out += memoryview(data)[sent:]
+            reactor.update(self)
+
+    def flush(self) -> None:
+        """Send what the socket takes of the backlog."""
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise HttpError(f"send failed: {exc}") from exc
+        del self.out[:sent]
+
+    def recv(self) -> int:
+        """Receive after the unconsumed bytes; the count, 0 at EOF, -1 if none yet.
+
+        Unconsumed bytes (a partial head or size line: small) move to the front first.
+        """
+        start, end = self.start, self.end
+        if start == end:
+            start = end = 0
+        elif start:
+            self.buf[: end - start] = self.view[start:end]
+            start, end = 0, end - start
+        self.start = start
+        if end == len(self.buf):
+            raise HttpError("response head or chunk line too long")
+        try:
+            n = self.sock.recv_into(self.view[end:])
+        except BlockingIOError:
+            self.end = end
+            return -1
+        except OSError as exc:
+            raise HttpError(f"recv failed: {exc}") from exc
+        self.end = end + n
+        return n
+
+    def parse_head(self) -> Head | None:
+        """A response head from the buffer (1xx responses are skipped), or None if it is
+        not complete yet."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\r\n\r\n", self.start, self.end)
+            if end < 0:
+                return None
+            lines = buf[self.start : end].decode("latin-1").split("\r\n")
+            self.start = end + 4
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+                raise HttpError(f"bad status line {lines[0]!r}")
+            status = int(parts[1])
+            if 100 <= status < 200:
+                continue  # 100 Continue keepalives on an idle POST
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            return Head(status, headers)
+
+    # -- awaiting: one trio task drives the connection ---------------------------------
 
     async def send(self, *parts: bytes | bytearray | memoryview) -> None:
         """Send ``parts`` in order (one ``sendmsg`` when the socket buffer has room)."""
@@ -167,61 +266,28 @@ class Conn:
         """Send a request head (and a small whole body with Content-Length)."""
         await self.send(request_head(self.host, method, path, headers, body_length=len(body)), body)
 
-    # -- reading -----------------------------------------------------------------------
-
     async def _fill(self) -> int:
-        """Receive more bytes after the unconsumed ones; how many (0 at EOF).
-
-        Unconsumed bytes (a partial head or size line: small) move to the front first.
-        """
-        start, end = self._start, self._end
-        if end - start > RECV_SIZE // 2:
-            raise HttpError("response head or chunk line too long")
-        if start == end:
-            start = end = 0
-        elif start:
-            self._rbuf[: end - start] = self._rview[start:end]
-            start, end = 0, end - start
-        self._start, self._end = start, end
-        sock = self.sock
-        view = self._rview[end:]
+        """Receive more bytes after the unconsumed ones, waiting for some; how many (0
+        at EOF). A broken connection is closed."""
         while True:
             try:
-                n = sock.recv_into(view)
-            except BlockingIOError:
-                self._fast = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
+                n = self.recv()
+            except HttpError:
                 self.close()
-                raise HttpError(f"recv failed: {exc}") from exc
-            self._end = end + n
-            await self._maybe_yield()
-            return n
+                raise
+            if n >= 0:
+                await self._maybe_yield()
+                return n
+            self._fast = 0
+            await trio.lowlevel.wait_readable(self.sock)
 
     async def read_head(self) -> Head:
         """Read a response's status line and headers (1xx responses are skipped)."""
-        rbuf = self._rbuf
-        while True:
-            end = rbuf.find(b"\r\n\r\n", self._start, self._end)
-            while end < 0:
-                if not await self._fill():
-                    self.close()
-                    raise HttpError("connection closed before the response head")
-                end = rbuf.find(b"\r\n\r\n", self._start, self._end)
-            lines = rbuf[self._start : end].decode("latin-1").split("\r\n")
-            self._start = end + 4
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-                raise HttpError(f"bad status line {lines[0]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200:
-                continue  # 100 Continue keepalives on an idle POST
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            return Head(status, headers)
+        while (head := self.parse_head()) is None:
+            if not await self._fill():
+                self.close()
+                raise HttpError("connection closed before the response head")
+        return head
 
     async def read_body(self, head: Head, on_data: Callable[[memoryview], object]) -> int:
         """Read ``head``'s body, passing each piece to ``on_data``; return its length.
@@ -229,12 +295,14 @@ class Conn:
         The connection is closed afterwards unless the response allows keep-alive.
         """
         headers = head.headers
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            total = await self._read_chunked(on_data)
-        elif "content-length" in headers:
-            total = await self._read_length(int(headers["content-length"]), on_data)
-        elif head.status in (204, 304):
-            total = 0
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if chunked or "content-length" in headers or head.status in (204, 304):
+            body = Body(head)
+            while not body.feed(self, on_data):
+                if not await self._fill():
+                    self.close()
+                    raise HttpError("connection closed inside a body")
+            total = body.total
         else:
             total = await self._read_until_close(on_data)
         if not head.keep_alive:
@@ -247,87 +315,107 @@ class Conn:
         await self.read_body(head, lambda piece: parts.append(bytes(piece)))
         return b"".join(parts)
 
-    async def _read_length(self, length: int, on_data: Callable[[memoryview], object]) -> int:
-        remaining = length
-        while True:
-            take = min(remaining, self._end - self._start)
-            if take:
-                on_data(self._rview[self._start : self._start + take])
-                self._start += take
-                remaining -= take
-            if not remaining:
-                return length
-            if not await self._fill():
-                self.close()
-                raise HttpError("connection closed inside a body")
-
     async def _read_until_close(self, on_data: Callable[[memoryview], object]) -> int:
         total = 0
         while True:
-            if self._start < self._end:
-                on_data(self._rview[self._start : self._end])
-                total += self._end - self._start
-                self._start = self._end
+            if self.start < self.end:
+                on_data(self.view[self.start : self.end])
+                total += self.end - self.start
+                self.start = self.end
             if not await self._fill():
                 self.close()
                 return total
 
-    async def _read_chunked(self, on_data: Callable[[memoryview], object]) -> int:
-        """Decode a chunked body in place; payload slices go to ``on_data`` as they arrive.
 
-        ``need`` is payload still due in the current chunk, ``crlf`` the bytes of the CRLF
-        after it; when both are 0 a size line comes next. Nothing is copied except a size
-        line split across two reads (moved to the front of the buffer by ``_fill``).
+class Body:
+    """Incremental decoder of one response body (chunked or Content-Length), in place in
+    a ``Conn``'s receive buffer: ``feed`` consumes what the buffer holds."""
+
+    __slots__ = ("chunked", "crlf", "need", "total", "trailer")
+
+    def __init__(self, head: Head) -> None:
+        self.chunked = "chunked" in head.headers.get("transfer-encoding", "").lower()
+        self.need = 0 if self.chunked else int(head.headers.get("content-length", "0"))
+        #: Bytes of the CRLF after a chunk still due.
+        self.crlf = 0
+        #: After the last chunk: trailer lines (normally none) until an empty line.
+        self.trailer = False
+        #: Payload bytes passed to ``on_data`` so far.
+        self.total = 0
+
+    def feed(self, conn: Conn, on_data: Callable[[memoryview], object]) -> bool:
+        """Consume what ``conn``'s buffer holds; True once the body is complete.
+
+        ``need`` is payload still due in the current chunk, ``crlf`` the bytes of the
+        CRLF after it; when both are 0 a size line comes next. Nothing is copied except
+        a size line split across two reads (moved to the front of the buffer by ``recv``).
         """
-        total = need = crlf = 0
-        rbuf, view = self._rbuf, self._rview
-        while True:
-            pos, size = self._start, self._end
-            while pos < size:
-                if need:
-                    take = need if need < size - pos else size - pos
-                    on_data(view[pos : pos + take])
-                    total += take
-                    pos += take
-                    need -= take
-                    if not need:
-                        crlf = 2
-                elif crlf:
-                    take = crlf if crlf < size - pos else size - pos
-                    pos += take
-                    crlf -= take
-                else:
-                    end = rbuf.find(_CRLF, pos, size)
-                    if end < 0:
-                        if size - pos > 1024:
-                            raise HttpError("chunk size line too long")
-                        break
-                    chunk = int(rbuf[pos:end].split(b";", 1)[0], 16)
+        buf, view = conn.buf, conn.view
+        pos, size = conn.start, conn.end
+        if not self.chunked:
+            take = min(self.need, size - pos)
+            if take:
+                on_data(view[pos : pos + take])
+            conn.start = pos + take
+            self.need -= take
+            self.total += take
+            return not self.need
+        while pos < size:
+            if self.need:
+                take = self.need if self.need < size - pos else size - pos
+                on_data(view[pos : pos + take])
+                pos += take
+                self.total += take
+                self.need -= take
+                if not self.need:
+                    self.crlf = 2
+            elif self.crlf:
+                take = self.crlf if self.crlf < size - pos else size - pos
+                pos += take
+                self.crlf -= take
+            else:
+                end = buf.find(_CRLF, pos, size)
+                if end < 0:
+                    if size - pos > _MAX_SIZE_LINE:
+                        raise HttpError("chunk size line too long")
+                    break
+                if self.trailer:
+                    empty = end == pos
                     pos = end + 2
-                    if chunk == 0:
-                        self._start = pos
-                        await self._finish_trailer()
-                        return total
-                    need = chunk
-            self._start = pos
-            if not await self._fill():
-                self.close()
-                raise HttpError("connection closed inside a chunked body")
+                    if empty:
+                        conn.start = pos
+                        return True
+                    continue
+                try:
+                    chunk = int(buf[pos:end].split(b";", 1)[0], 16)
+                except ValueError:
+                    raise HttpError(f"bad chunk size line {bytes(buf[pos:end])!r}") from None
+                pos = end + 2
+                if chunk:
+                    self.need = chunk
+                else:
+                    self.trailer = True
+        conn.start = pos
+        return False
 
-    async def _finish_trailer(self) -> None:
-        """Consume the (normally empty) trailer after the last chunk."""
-        rbuf = self._rbuf
-        while True:
-            if self._end - self._start >= 2 and rbuf.startswith(_CRLF, self._start):
-                self._start += 2
-                return
-            end = rbuf.find(b"\r\n\r\n", self._start, self._end)
-            if end >= 0:
-                self._start = end + 4
-                return
-            if not await self._fill():
-                self.close()
-                raise HttpError("connection closed inside a trailer")
+
+def take_idle(pool: list[Conn], max_idle: float, opened: set[Conn] | None = None) -> Conn | None:
+    """The most recently idled reusable connection of ``pool``; stale ones are closed
+    (and taken out of ``opened``)."""
+    while pool:
+        conn = pool.pop()
+        if conn.reusable(max_idle):
+            return conn
+        conn.close()
+        if opened is not None:
+            opened.discard(conn)
+    return None
+
+
+def put_idle(pool: list[Conn], conn: Conn) -> None:
+    """Hand ``conn`` to ``pool`` after a complete response."""
+    conn.idle_since = time.monotonic()
+    pool.append(conn)
 
 
 class ConnPool:
@@ -346,14 +434,11 @@ class ConnPool:
         self.open_conns: set[Conn] = set()
 
     async def get(self) -> Conn:
-        now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            if now - conn.idle_since <= self.max_idle and not conn.peer_closed():
-                return conn
-            self._drop(conn)
-        conn = await Conn.open(self.host, self.port)
-        self.open_conns.add(conn)
+        """A reusable idle connection, else a new one."""
+        conn = take_idle(self._idle, self.max_idle, self.open_conns)
+        if conn is None:
+            conn = await Conn.open(self.host, self.port)
+            self.open_conns.add(conn)
         return conn
 
     def put(self, conn: Conn) -> None:
@@ -361,8 +446,7 @@ class ConnPool:
         if conn.closed:
             self._drop(conn)
         else:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
+            put_idle(self._idle, conn)
 
     def _drop(self, conn: Conn) -> None:
         conn.close()

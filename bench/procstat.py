@@ -1,46 +1,34 @@
-"""CPU and memory of processes, read from ``/proc`` (Linux only; elsewhere: no figures).
+"""CPU and memory of processes, through psutil (figures where psutil supports the OS).
 
 ``ProcSampler`` takes a snapshot of a set of PIDs before and after a measurement and
 samples resident memory in between, so a run reports, per process, CPU seconds used,
-the busiest share of one core, and peak RSS. The machine's total CPU use is sampled
-too, so that load from unrelated processes (other test runs on the box) shows up as
-"other" instead of silently slowing everything down.
+the busiest share of one core, and peak RSS; for the server also its unique memory
+(USS), open file descriptors and threads at the end of the run. The machine's total CPU
+use is sampled too, so that load from unrelated processes (other test runs on the box)
+shows up as "other" instead of silently slowing everything down.
 
-Imports: stdlib and trio.
+psutil has no peak RSS: that one figure (``VmHWM``, and resetting it through
+``clear_refs``) is read from ``/proc`` directly, Linux only (elsewhere: the sampled peak).
+
+Imports: stdlib and psutil.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 from dataclasses import dataclass, field
 
-import trio
+import psutil
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_GONE = (psutil.Error, OSError)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` (None if unreadable)."""
+def _process(pid: int) -> psutil.Process | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The command name may contain spaces: fields start after the last ")".
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` now (None if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
+        return psutil.Process(pid)
+    except _GONE:
         return None
 
 
@@ -77,15 +65,11 @@ def machine_cpu() -> tuple[float, float]:
 
 def machine_cpu_steal() -> tuple[float, float, float]:
     """(busy, total, steal) CPU seconds of the whole machine since boot."""
-    try:
-        with open("/proc/stat", "rb") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return (0.0, 0.0, 0.0)
-    total = sum(fields[:8])
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    steal = fields[7] if len(fields) > 7 else 0
-    return ((total - idle) / _TICK, total / _TICK, steal / _TICK)
+    times = psutil.cpu_times()
+    # Guest time is already counted in user time (and guest_nice in nice).
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return (total - idle, total, getattr(times, "steal", 0.0))
 
 
 def die_with_parent() -> None:
@@ -101,46 +85,26 @@ def die_with_parent() -> None:
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """The cores this process may run on."""
+    with contextlib.suppress(AttributeError, psutil.Error):
+        affinity = psutil.Process().cpu_affinity()
+        if affinity:
+            return len(affinity)
+    return psutil.cpu_count() or 1
 
 
 def find_listener_pid(port: int) -> int | None:
     """The PID of the process listening on TCP ``port`` on this machine, if visible.
 
-    Looks the listening socket's inode up in ``/proc/net/tcp{,6}`` and then finds the
-    process holding it among ``/proc/*/fd``. Best effort: None when not found or not
-    permitted (another user's server).
+    Best effort: None when not found or not permitted (another user's server).
     """
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    local, state, inode = cols[1], cols[3], cols[9]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        inodes.add(inode)
-        except (OSError, StopIteration, IndexError, ValueError):
-            continue
-    if not inodes:
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except _GONE:
         return None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        fd_dir = f"/proc/{entry}/fd"
-        try:
-            for fd in os.listdir(fd_dir):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"{fd_dir}/{fd}") in targets:
-                        return int(entry)
-        except OSError:
-            continue
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
     return None
 
 
@@ -153,6 +117,11 @@ class ProcUsage:
     busy: float = 0.0
     peak_rss: int | None = None
     rss_before: int | None = None
+    #: At the end of the run (the server only): unique memory (what killing it frees),
+    #: open file descriptors, threads.
+    uss: int | None = None
+    fds: int | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -210,16 +179,19 @@ class Usage:
 class ProcSampler:
     """Samples CPU and RSS of a server PID and of generator PIDs over a window.
 
-    Use ``start()``, run ``sample_loop`` in a nursery while the load runs, then
-    ``stop()`` for the :class:`Usage`.
+    Call ``start()`` when the load starts, ``sample()`` every so often while it runs
+    (for the peak RSS), then ``stop()`` for the :class:`Usage`. A process that is gone
+    (or unreadable) gives no figures instead of an error.
     """
 
     def __init__(self, server_pid: int | None, generator_pids: dict[str, int]) -> None:
         self.server_pid = server_pid
         self.generator_pids = generator_pids
         self._t0 = 0.0
-        self._cpu0: dict[int, float | None] = {}
         self._machine0 = (0.0, 0.0, 0.0)
+        # psutil.Process checks a PID's start time, so a reused PID is not read as ours.
+        self._procs: dict[int, psutil.Process | None] = {}
+        self._cpu0: dict[int, float | None] = {}
         self._peak: dict[int, int] = {}
         self._rss0: dict[int, int | None] = {}
 
@@ -229,26 +201,37 @@ class ProcSampler:
             pids.append(self.server_pid)
         return pids
 
+    def _cpu(self, pid: int) -> float | None:
+        proc = self._procs.get(pid)
+        try:
+            times = proc.cpu_times() if proc else None
+        except _GONE:
+            return None
+        return times.user + times.system if times else None
+
+    def _rss(self, pid: int) -> int | None:
+        proc = self._procs.get(pid)
+        try:
+            return int(proc.memory_info().rss) if proc else None
+        except _GONE:
+            return None
+
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._machine0 = machine_cpu_steal()
         for pid in self._pids():
-            self._cpu0[pid] = cpu_seconds(pid)
-            self._rss0[pid] = rss_bytes(pid)
+            self._procs[pid] = _process(pid)
+            self._cpu0[pid] = self._cpu(pid)
+            self._rss0[pid] = self._rss(pid)
             self._peak[pid] = self._rss0[pid] or 0
         if self.server_pid is not None:
             reset_peak_rss(self.server_pid)
 
     def sample(self) -> None:
         for pid in self._pids():
-            rss = rss_bytes(pid)
+            rss = self._rss(pid)
             if rss is not None and rss > self._peak.get(pid, 0):
                 self._peak[pid] = rss
-
-    async def sample_loop(self, interval: float = 0.2) -> None:
-        while True:
-            self.sample()
-            await trio.sleep(interval)
 
     def stop(self) -> Usage:
         self.sample()
@@ -261,14 +244,17 @@ class ProcSampler:
         steal_busy = (steal1 - steal0) / span * cores if total1 else 0.0
 
         def usage(pid: int) -> ProcUsage:
-            before, after = self._cpu0.get(pid), cpu_seconds(pid)
+            before, after = self._cpu0.get(pid), self._cpu(pid)
             cpu = (after - before) if before is not None and after is not None else 0.0
-            peak = self._peak.get(pid) or None
+            figures = ProcUsage(
+                cpu_s=cpu,
+                busy=cpu / wall,
+                peak_rss=self._peak.get(pid) or None,
+                rss_before=self._rss0.get(pid),
+            )
             if pid == self.server_pid:
-                hwm = peak_rss_bytes(pid)
-                if hwm is not None and (peak is None or hwm > peak):
-                    peak = hwm
-            return ProcUsage(cpu_s=cpu, busy=cpu / wall, peak_rss=peak, rss_before=self._rss0[pid])
+                _server_figures(self._procs.get(pid), figures)
+            return figures
 
         return Usage(
             wall_s=wall,
@@ -278,3 +264,17 @@ class ProcSampler:
             cores=cores,
             steal_busy=steal_busy,
         )
+
+
+def _server_figures(proc: psutil.Process | None, figures: ProcUsage) -> None:
+    """Add the server's peak RSS since ``start`` (``VmHWM``, which sees peaks between
+    two samples), USS, open fds and threads to ``figures``, as far as they are readable."""
+    if proc is None:
+        return
+    hwm = peak_rss_bytes(proc.pid)
+    if hwm is not None and (figures.peak_rss is None or hwm > figures.peak_rss):
+        figures.peak_rss = hwm
+    with contextlib.suppress(*_GONE, AttributeError), proc.oneshot():  # no fds: Windows
+        figures.threads = proc.num_threads()
+        figures.fds = proc.num_fds()
+        figures.uss = int(proc.memory_full_info().uss)

@@ -119,6 +119,14 @@ def _fold(values: list[float], fmt: str) -> str:
     return mid if low == high else f"{mid} ({low}-{high})"
 
 
+def _by_scenario(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The records of each scenario, in the order they ran."""
+    out: dict[str, list[RunRecord]] = {}
+    for record in records:
+        out.setdefault(record.scenario, []).append(record)
+    return out
+
+
 def _groups(records: Iterable[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
     """Counted runs per (scenario, config, target), lightest load first."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
@@ -172,10 +180,7 @@ def markdown(records: list[RunRecord], find_max: list[dict[str, Any]] | None = N
     """One table per scenario, plus the find-max table and footnotes."""
     lines: list[str] = []
     notes: list[str] = []
-    by_scenario: dict[str, list[RunRecord]] = {}
-    for record in records:
-        by_scenario.setdefault(record.scenario, []).append(record)
-    for scenario, recs in by_scenario.items():
+    for scenario, recs in _by_scenario(records).items():
         _, columns = SCENARIOS[scenario]
         groups = _groups(recs)
         has_reference = any(t == REFERENCE_LABEL for _, _, t in groups)
@@ -374,10 +379,7 @@ def plot(
         plt.close(fig)
         written.append(path)
     # The headline figure per configuration: bars per target.
-    by_scenario: dict[str, list[RunRecord]] = {}
-    for r in records:
-        by_scenario.setdefault(r.scenario, []).append(r)
-    for scenario, recs in by_scenario.items():
+    for scenario, recs in _by_scenario(records).items():
         key, header = HEADLINE[scenario]
         groups = _groups(recs)
         configs = list(dict.fromkeys(c for _, c, _ in groups))

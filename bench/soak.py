@@ -4,10 +4,10 @@ server's resident memory and live trio task count at intervals. Not run in CI.
     .venv/bin/python bench/soak.py --duration 600 --interval 30 \\
         --csv bench/results/soak.csv > soak.md
 
-The server runs in a child process (this file re-run with ``--server``): ``open_server``
+The server runs in a child process (``python -m bench.soak_server``): ``run_server``
 with the settings ``trickle-trio serve`` would use (autocreate on, loopback, port 0),
 plus a sampler task that prints one JSON line per interval with its own RSS (from
-``/proc/self/status``), ``trio.lowlevel.current_statistics().tasks_living``, the
+psutil), ``trio.lowlevel.current_statistics().tasks_living``, the
 number of objects the garbage collector tracks (the server ``gc.freeze()``s what it
 imported at start-up, so this counts what it made since) and the registry's gauges.
 Why a child and not ``trickle-trio serve``: the CLI exposes no task count, and an
@@ -43,19 +43,14 @@ sample still holds channels or tasks beyond the idle baseline.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
-import gc
 import json
 import os
 import random
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import httpx
@@ -64,122 +59,6 @@ import trio
 IDLE_TIMEOUT = 3.0
 SWEEP_INTERVAL = 1.0
 REQUEST_LIMIT = 30.0  # no single request of the load may take longer than this
-
-
-# -- the server child ---------------------------------------------------------------------------
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
-
-
-async def serve_child(interval: float, gc_thresholds: str | None) -> None:
-    """Run the server; print a sample every ``interval`` seconds, and after a full GC
-    for each line read from stdin (the parent's last sample). Stdin closed: stop.
-
-    ``gc_thresholds`` ("700,10,10"): override the collector thresholds the server sets at
-    start-up (a diagnostic: is RSS growth garbage waiting for a rare full collection?)."""
-    from trickle_trio.config import Settings
-    from trickle_trio.server import run_server
-
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        autocreate=True,
-        idle_timeout=IDLE_TIMEOUT,
-        sweep_interval=SWEEP_INTERVAL,
-    )
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(partial(run_server, settings))
-        registry = server.registry
-        if gc_thresholds:
-            gc.set_threshold(*(int(part) for part in gc_thresholds.split(",")))
-
-        def sample(*, full: bool = False) -> None:
-            stats = trio.lowlevel.current_statistics()
-            line: dict[str, Any] = {
-                "t": time.monotonic(),
-                "rss_kib": rss_kib(),
-                "tasks": stats.tasks_living,
-                "task_names": sorted(task_names()),
-                "py_objects": len(gc.get_objects()),
-                "types": dict(
-                    Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(12)
-                ),
-                "deadline_heap": deadline_heap_size(),
-                "gc_runs": [generation["collections"] for generation in gc.get_stats()],
-                "rss_trimmed_kib": None,
-                **registry.gauges(),
-            }
-            if full:
-                # How much of the RSS is only free heap that malloc has not handed back to
-                # the kernel yet.
-                line["rss_trimmed_kib"] = trimmed_rss_kib()
-            print(json.dumps(line), flush=True)
-
-        async def periodic(*, task_status: trio.TaskStatus[None]) -> None:
-            task_status.started()
-            while True:
-                await trio.sleep(interval)
-                sample()
-
-        async def on_request(*, task_status: trio.TaskStatus[None]) -> None:
-            stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-            task_status.started()
-            buffer = b""
-            while data := await stdin.receive_some():
-                buffer += data
-                while b"\n" in buffer:
-                    _, buffer = buffer.split(b"\n", 1)
-                    gc.collect()
-                    sample(full=True)
-            nursery.cancel_scope.cancel()  # the parent went away
-
-        await nursery.start(on_request)
-        await nursery.start(periodic)
-        # The first sample (the idle baseline) counts the sampler's own two tasks.
-        print(json.dumps({"url": server.url}), flush=True)
-        gc.collect()
-        sample(full=True)
-
-
-def deadline_heap_size() -> int | None:
-    """Entries in trio's deadline heap (private; diagnostic only). Trio drops stale
-    entries lazily, once there are 1000 more than twice the live ones, so a few hundred
-    finished ``move_on_after`` scopes stay referenced from there: bounded, not a leak."""
-    try:
-        runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner
-        return len(runner.deadlines._heap)
-    except AttributeError:
-        return None
-
-
-def trimmed_rss_kib() -> int | None:
-    """RSS after glibc's ``malloc_trim(0)`` (None where there is no glibc)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return None
-    return rss_kib()
-
-
-def task_names() -> list[str]:
-    """The name of every living trio task (to tell what a grown task count is)."""
-    names: list[str] = []
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        if task is None:
-            continue
-        names.append(task.name)
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return names
 
 
 # -- the load -------------------------------------------------------------------------------------
@@ -601,21 +480,15 @@ def main() -> int:
         "--gc-thresholds",
         help="diagnostic: gc.set_threshold(...) in the server after it started, e.g. 700,10,10",
     )
-    parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.server:
-        import logging
-
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            trio.run(serve_child, args.interval, args.gc_thresholds)
-        return 0
-    here = os.path.abspath(__file__)
-    command = [sys.executable, here, "--server", "--interval", str(args.interval)]
+    command = [sys.executable, "-m", "bench.soak_server", "--interval", str(args.interval)]
+    command += ["--idle-timeout", str(IDLE_TIMEOUT), "--sweep-interval", str(SWEEP_INTERVAL)]
     if args.gc_thresholds:
         command += ["--gc-thresholds", args.gc_thresholds]
+    # The child runs from the checkout this file is in (``-m`` puts the directory first).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(args.server_log, "wb") as server_log:
-        return trio.run(soak, args, command, os.path.dirname(os.path.dirname(here)), server_log)
+        return trio.run(soak, args, command, root, server_log)
 
 
 if __name__ == "__main__":

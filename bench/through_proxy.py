@@ -7,18 +7,17 @@ N ``trickle-trio serve`` processes, see ``deploy/``), then runs ``python -m benc
 against it twice: ``--find-max`` for the capacity (the most channels with p99 under
 100 ms and nothing lost), and one run at a fixed ``--channels`` for the CPU split. The
 runner only sees the process listening on the URL (HAProxy), so this script reads the
-CPU time of HAProxy (user and system apart) and of every backend from ``/proc`` around
+CPU time of HAProxy (user and system apart) and of every backend (psutil) around
 that run. ``--direct`` adds the same two runs against one plain ``trickle-trio serve``.
 Prints a Markdown table; the runs' JSON stays in ``--keep DIR`` when given.
 
-Linux only (``/proc``); needs HAProxy (``apt-get install haproxy``).
+Needs HAProxy (``apt-get install haproxy``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,20 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from trickle_trio.client.cli import HelpFormatter
 from trickle_trio.ops.processes import free_port
-
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of ``pid`` so far (0, 0 once it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except FileNotFoundError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0, 0.0
-    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+    return times.user, times.system
 
 
 @dataclass
@@ -176,7 +174,7 @@ then runs python -m bench live against it twice: --find-max for the capacity (th
 channels with p99 under 100 ms and nothing lost), and one run at a fixed --channels for
 the CPU split between HAProxy (user and system) and the backends. --direct adds the same
 two runs against one plain trickle-trio serve. Prints a Markdown table; progress goes to
-stderr. Linux only (reads /proc); needs HAProxy (apt-get install haproxy).
+stderr. Needs HAProxy (apt-get install haproxy).
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 
 from trickle_trio.config import Settings
@@ -75,6 +76,7 @@ def test_no_caps_admit_everything() -> None:
         b.close()
 
 
+@pytest.mark.fast_path  # the caps live in trickle-trio's own server
 async def test_over_sockets_the_cap_refuses_then_recovers_and_held_connections_work() -> None:
     settings = Settings(host="127.0.0.1", port=0, autocreate=True, max_connections=3)
     with trio.fail_after(LIMIT):

@@ -2,27 +2,19 @@
 size, in a subprocess, against a server the runner starts itself.
 
 They check only that a run completes, every correctness check is clean and the JSON
-has the expected shape. No timing assertions: CI machines are noisy. The load
-generator's two HTTP response parsers are also fed responses split at random points.
+has the expected shape. No timing assertions: CI machines are noisy.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-
-from bench.client import Conn
-from bench.reactor import Body, SyncConn
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 90
@@ -118,90 +110,6 @@ def test_find_max() -> None:
     (result,) = data["find_max"]
     assert result["max_channels"] == 2
     assert [p["channels"] for p in result["probes"]] == [1, 2]
-
-
-# -- the load generator's HTTP parsers, on random splits -------------------------------------
-
-
-def _chunked_response(rng: random.Random, payload: bytes) -> bytes:
-    out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nLp-Trickle-Seq: 3\r\n\r\n"]
-    i = 0
-    while i < len(payload):
-        piece = payload[i : i + rng.randint(1, 70000)]
-        i += len(piece)
-        out.append(b"%x\r\n" % len(piece) + piece + b"\r\n")
-    out.append(b"0\r\n\r\n")
-    out.append(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
-    return b"".join(out)
-
-
-def _collect(into: list[bytes]) -> Callable[[memoryview], None]:
-    return lambda view: into.append(bytes(view))
-
-
-async def _write_in_pieces(rng: random.Random, sock: socket.socket, wire: bytes) -> None:
-    pos = 0
-    while pos < len(wire):
-        await trio.lowlevel.wait_writable(sock)
-        try:
-            pos += sock.send(wire[pos : pos + rng.choice([1, 2, 3, 7, 100, 5000, 70000])])
-        except BlockingIOError:
-            continue
-        if rng.random() < 0.3:
-            await trio.lowlevel.checkpoint()
-
-
-async def test_async_client_parses_any_split() -> None:
-    rng = random.Random(1)
-    for _ in range(40):
-        a, b = socket.socketpair()
-        a.setblocking(False)
-        b.setblocking(False)
-        conn = Conn(b, b"test")
-        payload = rng.randbytes(rng.randint(0, 200_000))
-        got: list[bytes] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_in_pieces, rng, a, _chunked_response(rng, payload))
-            head = await conn.read_head()
-            assert head.headers["lp-trickle-seq"] == "3"
-            assert await conn.read_body(head, _collect(got)) == len(payload)
-            assert b"".join(got) == payload
-            second = await conn.read_head()
-            assert await conn.read_body_bytes(second) == b"hello"
-            assert conn.closed
-        a.close()
-
-
-async def test_sync_reactor_parser_parses_any_split() -> None:
-    rng = random.Random(2)
-    for _ in range(40):
-        a, b = socket.socketpair()
-        a.setblocking(False)
-        b.setblocking(False)
-        conn = SyncConn(b, b"test")
-        payload = rng.randbytes(rng.randint(0, 200_000))
-        got: list[bytes] = []
-        bodies: list[bytes] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_in_pieces, rng, a, _chunked_response(rng, payload))
-            body: Body | None = None
-            while len(bodies) < 2:
-                await trio.lowlevel.wait_readable(b)
-                conn.recv()
-                while len(bodies) < 2:
-                    if body is None:
-                        head = conn.parse_head()
-                        if head is None:
-                            break
-                        body = Body(head)
-                    if not body.feed(conn, _collect(got)):
-                        break
-                    bodies.append(b"".join(got))
-                    got.clear()
-                    body = None
-        assert bodies == [payload, b"hello"]
-        a.close()
-        b.close()
 
 
 def test_live_spreads_segment_boundaries_unless_aligned() -> None:

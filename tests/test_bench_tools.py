@@ -9,6 +9,7 @@ The runs here are tiny smoke runs of the tooling; no figure is asserted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -24,6 +25,9 @@ from bench.cli import build_parser, configs_for
 from bench.procstat import Usage
 from bench.runner import Progress, Runner, RunRecord
 from bench.scenarios.common import Outcome, format_size, parse_size
+from bench.scenarios.join import JoinConfig
+from bench.scenarios.live import LiveConfig
+from bench.scenarios.stream import StreamConfig, summarize
 from bench.servers import Target, resolve_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +51,43 @@ def test_sizes_say_which_unit() -> None:
     args = build_parser().parse_args(["fanout", "--config", "10x1MB", "--config", "2x1MiB"])
     labels = [config.label for config in configs_for("fanout", args)]
     assert labels == ["1->10 x 1MB", "1->2 x 1MiB"]
+
+
+@pytest.mark.parametrize("scenario", ["live", "join"])
+def test_live_and_join_take_the_same_pacing_flags(scenario: str) -> None:
+    argv = [scenario, "--bitrate", "4M", "--segment-seconds", "0.5", "--interval-ms", "10"]
+    args = build_parser().parse_args([*argv, "--duration", "3"])
+    (config,) = configs_for(scenario, args)
+    live = config if scenario == "live" else config.live
+    assert (live.bitrate, live.segment_s, live.interval, live.duration) == (4e6, 0.5, 0.01, 3.0)
+    assert live.chunk_bytes == 5000
+    assert live.chunks_per_segment == 50
+
+
+def test_a_run_whose_subscribers_never_finished_has_no_rate() -> None:
+    config = StreamConfig("small", 1, 3, 200, 200, 3, "application/json")
+    publisher = {"t_start": 100.0, "digests": [1, 2, 3], "waits": 0, "errors": []}
+    stuck = {
+        "digests": [1, None],
+        "sizes": [200, 0],
+        "latencies_ms": [1.0],
+        "t_end": None,
+        "errors": ["GET 1: status 470"],
+    }
+    outcome = summarize(config, [publisher, {"subscribers": [stuck]}])
+    assert math.isnan(outcome.metrics["segments_s"])
+    assert math.isnan(outcome.metrics["mb_s"])
+    assert outcome.checks["lost"] == 2
+    finished = stuck | {"digests": [1, 2, 3], "sizes": [200] * 3, "t_end": 102.0}
+    outcome = summarize(config, [publisher, {"subscribers": [finished]}])
+    assert outcome.metrics["segments_s"] == pytest.approx(1.5)
+
+
+def test_join_refuses_a_pacing_that_cannot_run() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        JoinConfig(segment_s=0).validate()
+    with pytest.raises(ValueError, match="interval"):
+        LiveConfig(channels=1, interval=0).validate()
 
 
 @pytest.mark.parametrize(
@@ -242,6 +283,8 @@ def test_python_m_bench_runs_from_an_installed_wheel(tmp_path: Path) -> None:
         assert f"trickle_trio/http/watch/{page_file}" in names
     metadata = next(n for n in names if n.endswith("METADATA"))
     assert "Provides-Extra: bench" in (site / metadata).read_text()
+    # The bench's process figures come from psutil, installed with the extra.
+    assert 'Requires-Dist: psutil>=5.9; extra == "bench"' in (site / metadata).read_text()
     # From elsewhere, with only the wheel's files on the path: no checkout involved.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     proc = subprocess.run(

@@ -39,6 +39,8 @@ from trickle_trio.server import RunningServer, open_server
 
 from .sockets import call, connect, until
 
+pytestmark = pytest.mark.fast_path
+
 LIMIT = 10
 
 

@@ -86,7 +86,10 @@ class TaskScopes:
             scope.cancel()
 
     async def wait_drained(self) -> None:
-        """Wait until every lease has been returned."""
+        """Wait until every lease has been returned.
+
+        Cancellation: only the wait ends; the leases are untouched.
+        """
         await self._drained.wait()
 
     async def cancel_and_drain(self) -> None:

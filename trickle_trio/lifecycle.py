@@ -104,7 +104,10 @@ async def drain_then_stop(state: ServerState, parent_trigger: Trigger | None) ->
 
 
 async def wait_for_stop(parent_trigger: Trigger | None) -> str:
-    """Return what asked this worker to stop: a signal, or hypercorn's ``parent_trigger``."""
+    """Return what asked this worker to stop: a signal, or hypercorn's ``parent_trigger``.
+
+    Cancellation: the signal receiver is removed; nothing was asked to stop.
+    """
     reason = ""
     with trio.open_signal_receiver(*drain_signals()) as signals:
         async with trio.open_nursery() as nursery:

@@ -196,6 +196,9 @@ class ChannelRegistry:
         """Delete channel ``name`` (see :meth:`remove`); returns without waiting for its
         teardown or its readers (``Channel.wait_released`` / ``wait_deleted`` do).
 
+        Cancellation: the channel is deleted already when the checkpoint is reached (the
+        deletion is sync), so a cancelled DELETE is still final.
+
         Raises:
             ChannelNotFoundError: no such channel.
         """
@@ -219,6 +222,7 @@ class ChannelRegistry:
         """Delete channels whose last write is older than ``idle_timeout`` seconds.
 
         Channels whose name starts with ``_`` (the changefeed) are never swept.
+        Cancellation: the deletions are sync and done before the only checkpoint.
         """
         now = trio.current_time()
         swept = [
@@ -239,7 +243,10 @@ class ChannelRegistry:
         sweep_interval: float,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Sweep idle channels every ``sweep_interval`` seconds, forever."""
+        """Sweep idle channels every ``sweep_interval`` seconds, forever.
+
+        Cancellation: the sweeping stops between two sweeps (a sweep is never half done).
+        """
         task_status.started()
         while True:
             await trio.sleep(sweep_interval)

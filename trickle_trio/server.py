@@ -99,7 +99,10 @@ def _close(sockets: Sockets) -> None:
 
 
 async def wait_for_signal() -> None:
-    """Return on the first SIGINT or SIGTERM."""
+    """Return on the first SIGINT or SIGTERM.
+
+    Cancellation: the signal receiver is removed (the default handlers are back).
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             logger.info("shutdown signal=%s", signal.Signals(signum).name)
@@ -168,6 +171,10 @@ async def open_server(
     first). They are closed when the block ends. ``faults``: a fault plan applied to
     the server's requests (:mod:`trickle_trio.faults`; default: the ``faults`` file
     setting's, an empty one with ``faults_control``, else none at all).
+
+    Cancellation (of the block or from outside): the HTTP server is cancelled (every
+    response under way is cut visibly, by a reset), the channels' nursery is cancelled
+    (every channel deleted) and the sockets are closed; nothing outlives the block.
 
     Raises:
         BindError: the address cannot be bound (raised before anything starts).

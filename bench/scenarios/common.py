@@ -250,7 +250,22 @@ def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-class CreditGate:
+class _Credit:
+    """What both sides of the credit flow control share: the progress slots and a
+    non-blocking UNIX datagram socket."""
+
+    def __init__(self, address: str, progress: memoryview, subscribers: int) -> None:
+        self.address = address
+        self.progress = progress
+        self.n = subscribers
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class CreditGate(_Credit):
     """Cross-process flow control: a publisher waits until its slowest subscriber has
     finished enough segments; subscribers wake it through an abstract UNIX datagram
     socket, only when it is waiting.
@@ -261,11 +276,7 @@ class CreditGate:
     """
 
     def __init__(self, address: str, progress: memoryview, subscribers: int) -> None:
-        self.address = address
-        self.progress = progress
-        self.n = subscribers
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
+        super().__init__(address, progress, subscribers)
         self.sock.bind(address)
         self.waits = 0
 
@@ -288,19 +299,9 @@ class CreditGate:
         finally:
             self.progress[self.n] = 0
 
-    def close(self) -> None:
-        self.sock.close()
 
-
-class CreditSignal:
+class CreditSignal(_Credit):
     """A subscriber's side of :class:`CreditGate`."""
-
-    def __init__(self, address: str, progress: memoryview, subscribers: int) -> None:
-        self.address = address
-        self.progress = progress
-        self.n = subscribers
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
 
     def finished(self, index: int, count: int) -> None:
         """Subscriber ``index`` has finished ``count`` segments (sync on purpose)."""
@@ -308,9 +309,6 @@ class CreditSignal:
         if self.progress[self.n]:
             with contextlib.suppress(OSError):
                 self.sock.sendto(b"!", self.address)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def describe(exc: BaseException) -> str:

@@ -11,125 +11,43 @@ made in (rare) helper tasks.
 
 Rules:
 - Everything here runs in the worker's one trio thread; callbacks never await.
-- A ``SyncConn`` is read by exactly one owner at a time: a subscriber's current GET or
+- A ``Conn`` is read by exactly one owner at a time: a subscriber's current GET or
   a publisher's answer reader. Preconnected requests are not watched until they become
   current, so level-triggered epoll never spins on bytes nobody reads yet.
 - A failing connection fails only its channel (recorded in ``errors``).
 
-Imports: stdlib, trio, the bench's client helpers and ``reactor``.
+Imports: stdlib, trio, the bench's client and ``reactor``, ``chunks``.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from ..client import LAST_CHUNK, chunk_prefix, request_head
-from ..reactor import Body, ConnError, Reactor, SyncConn, put_idle, take_idle
+from ..client import LAST_CHUNK, Body, Conn, HttpError, chunk_prefix, put_idle, request_head
+from ..client import take_idle as _take_idle
+from ..reactor import Reactor
+from .chunks import MAGIC, STAMP, ChannelState, ChunkSink, Pace
 from .common import C_AUX, C_LOST, C_UNITS
 
-#: magic, channel, seq, chunk index, write time (monotonic ns).
-STAMP = struct.Struct("<4sIIIq")
-MAGIC = b"TRKL"
 _CONNECT_CONCURRENCY = 32
+#: Idle keep-alive connections older than this are not reused (hypercorn closes at 5 s).
+_MAX_IDLE = 4.0
+#: The receive buffer of each connection (there are many per process).
+_RECV_SIZE = 64 * 1024
 
 
-@dataclass
-class ChannelState:
-    """What a channel's publisher tells its subscribers (same process)."""
-
-    index: int
-    name: str
-    written: int = 0
-    done: bool = False
+def take_idle(pool: list[Conn]) -> Conn | None:
+    return _take_idle(pool, _MAX_IDLE)
 
 
 def _discard(_: memoryview) -> None:
     pass
-
-
-class ChunkSink:
-    """Cuts one subscriber's stream back into chunks; records each chunk's latency.
-
-    Chunks have a fixed size, so a chunk ends every ``size`` bytes of a segment; the
-    stamp at its start says where it came from and when it was written.
-    """
-
-    __slots__ = (
-        "buf",
-        "channel",
-        "corrupt",
-        "count",
-        "cut",
-        "latencies",
-        "seq",
-        "since_ns",
-        "size",
-    )
-
-    def __init__(self, channel: int, size: int, latencies: list[float]) -> None:
-        self.channel = channel
-        self.size = size
-        self.latencies = latencies
-        #: Chunks written before this (monotonic ns) count, but their latency is not kept.
-        self.since_ns = 0
-        self.buf = bytearray()
-        self.seq = 0
-        self.count = 0
-        #: Chunks whose stamp is wrong (bytes from elsewhere: a server bug).
-        self.corrupt = 0
-        #: Segments that ended inside a chunk: a publish cut short (its POST broke), which
-        #: the protocol keeps as written. Not corruption; counted apart.
-        self.cut = 0
-
-    def start_segment(self, seq: int) -> None:
-        if self.buf:
-            self.cut += 1  # the previous segment ended inside a chunk
-            self.buf.clear()
-        self.seq = seq
-
-    def __call__(self, view: memoryview) -> None:
-        size = self.size
-        buf = self.buf
-        if not buf and len(view) == size:
-            self._chunk(view, time.monotonic_ns())
-            return
-        buf += view
-        if len(buf) < size:
-            return
-        now = time.monotonic_ns()
-        while len(buf) >= size:
-            self._chunk(buf, now)
-            del buf[:size]
-
-    def _chunk(self, data: memoryview | bytearray, now: int) -> None:
-        magic, channel, seq, _index, t_ns = STAMP.unpack_from(data)
-        if magic != MAGIC or channel != self.channel or seq != self.seq:
-            self.corrupt += 1
-            return
-        self.count += 1
-        if t_ns >= self.since_ns:
-            self.latencies.append((now - t_ns) / 1e6)
-
-
-# -- publishers and subscribers ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pace:
-    """What every publisher of an engine sends."""
-
-    chunk_bytes: int
-    chunks_per_segment: int
-    interval: float
-    mime: str
 
 
 class LivePublisher:
@@ -146,16 +64,16 @@ class LivePublisher:
         self.due = start
         self.seq = 0
         self.index = 0
-        self.conn: SyncConn | None = None
-        self.next: SyncConn | None = None
-        self.idle: list[SyncConn] = []
+        self.conn: Conn | None = None
+        self.next: Conn | None = None
+        self.idle: list[Conn] = []
         self.finished = False
         pace = engine.pace
         prefix = chunk_prefix(pace.chunk_bytes)
         self.template = bytearray(prefix + bytes(pace.chunk_bytes) + b"\r\n")
         self.stamp_at = len(prefix)
 
-    def _head(self, conn: SyncConn, seq: int) -> bytes:
+    def _head(self, conn: Conn, seq: int) -> bytes:
         path = self.engine.path(self.state.name, seq)
         headers = {"Content-Type": self.engine.pace.mime}
         return request_head(conn.host, "POST", path, headers, body_length=None)
@@ -163,7 +81,7 @@ class LivePublisher:
     async def set_up(self) -> None:
         """Connect, and preconnect ``POST /{ch}/0``."""
         self.conn = await self.engine.connect()
-        self.conn.send(self._head(self.conn, 0), self.engine.reactor)
+        self.conn.write(self._head(self.conn, 0), self.engine.reactor)
 
     async def add_spare(self) -> None:
         """One more connection for the next preconnect (opened last: servers close
@@ -180,7 +98,7 @@ class LivePublisher:
         now = time.monotonic_ns()
         engine.lags.append(now / 1e6 - self.due * 1e3)
         STAMP.pack_into(self.template, self.stamp_at, MAGIC, state.index, self.seq, self.index, now)
-        conn.send(self.template, engine.reactor)
+        conn.write(self.template, engine.reactor)
         state.written += 1
         engine.counters[C_AUX] += 1
         self.index += 1
@@ -190,7 +108,7 @@ class LivePublisher:
         last = self.due >= engine.end
         per_segment = self.first_chunks if self.seq == 0 else engine.pace.chunks_per_segment
         if self.index == per_segment or last:
-            conn.send(LAST_CHUNK, engine.reactor)
+            conn.write(LAST_CHUNK, engine.reactor)
             self._read_answer(conn, self.seq)
             self.conn, self.next = self.next, None
             self.seq += 1
@@ -205,7 +123,7 @@ class LivePublisher:
         self.state.done = True
         if self.conn is not None:
             # Release the idle preconnect (an empty segment), as a stopping publisher does.
-            self.conn.send(LAST_CHUNK, self.engine.reactor)
+            self.conn.write(LAST_CHUNK, self.engine.reactor)
             self._read_answer(self.conn, self.seq)
             self.conn = None
         self.engine.publisher_done()
@@ -215,7 +133,7 @@ class LivePublisher:
         if conn is None:
             self.engine.spawn(self._connect_and_preconnect, seq)
             return
-        conn.send(self._head(conn, seq), self.engine.reactor)
+        conn.write(self._head(conn, seq), self.engine.reactor)
         self.next = conn
 
     async def _connect_and_preconnect(self, seq: int) -> None:
@@ -223,13 +141,13 @@ class LivePublisher:
         if self.finished:
             conn.close()
             return
-        conn.send(self._head(conn, seq), self.engine.reactor)
+        conn.write(self._head(conn, seq), self.engine.reactor)
         if self.seq == seq and self.conn is None:
             self.conn = conn  # the segment already switched over and waits for it
         else:
             self.next = conn
 
-    def _read_answer(self, conn: SyncConn, seq: int) -> None:
+    def _read_answer(self, conn: Conn, seq: int) -> None:
         """Watch ``conn`` for the answer to ``seq``'s POST; then back to the idle pool."""
         reactor = self.engine.reactor
         body: Body | None = None
@@ -238,7 +156,7 @@ class LivePublisher:
         def read() -> None:
             nonlocal body, keep
             if conn.recv() == 0:
-                raise ConnError(f"POST {self.state.name}/{seq}: closed before the answer")
+                raise HttpError(f"POST {self.state.name}/{seq}: closed before the answer")
             if body is None:
                 head = conn.parse_head()
                 if head is None:
@@ -264,17 +182,17 @@ class LiveSubscriber:
         self.state = state
         self.sink = sink
         self.seq = 0
-        self.cur: SyncConn | None = None
-        self.next: SyncConn | None = None
-        self.idle: list[SyncConn] = []
+        self.cur: Conn | None = None
+        self.next: Conn | None = None
+        self.idle: list[Conn] = []
         self.body: Body | None = None
         self.ok = False
         self.keep = True
         self.finished = False
 
-    def _get(self, conn: SyncConn, seq: int) -> None:
+    def _get(self, conn: Conn, seq: int) -> None:
         path = self.engine.path(self.state.name, seq)
-        conn.send(request_head(conn.host, "GET", path), self.engine.reactor)
+        conn.write(request_head(conn.host, "GET", path), self.engine.reactor)
 
     async def set_up(self) -> None:
         """Connect and send ``GET /{ch}/0`` (it waits for the first byte)."""
@@ -294,7 +212,7 @@ class LiveSubscriber:
         assert conn is not None
         n = conn.recv()
         if n == 0:
-            raise ConnError(f"GET {self.state.name}/{self.seq}: connection closed")
+            raise HttpError(f"GET {self.state.name}/{self.seq}: connection closed")
         sink = self.sink
         while True:
             if self.body is None:
@@ -321,7 +239,7 @@ class LiveSubscriber:
             self._next_segment(conn)
             return
 
-    def _next_segment(self, conn: SyncConn) -> None:
+    def _next_segment(self, conn: Conn) -> None:
         reactor = self.engine.reactor
         self.body = None
         reactor.forget(conn)
@@ -390,7 +308,7 @@ class Engine:
         self.connects = 0
         self.stalls = 0
         self.setup_s = 0.0
-        self._open: list[SyncConn] = []
+        self._open: list[Conn] = []
         self._limiter = trio.CapacityLimiter(_CONNECT_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self._pending = 0
@@ -399,10 +317,10 @@ class Engine:
     def path(self, channel: str, seq: int) -> str:
         return f"{self.base_path}{channel}/{seq}"
 
-    async def connect(self) -> SyncConn:
+    async def connect(self) -> Conn:
         self.connects += 1
         async with self._limiter:
-            conn = await SyncConn.open(self.host, self.port)
+            conn = await Conn.open(self.host, self.port, _RECV_SIZE)
         self._open.append(conn)
         return conn
 
@@ -413,7 +331,7 @@ class Engine:
     async def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             await fn(*args)
-        except (OSError, ConnError) as exc:
+        except (OSError, HttpError) as exc:
             self.errors.append(f"connect: {exc}")
 
     def add_channel(
@@ -454,7 +372,7 @@ class Engine:
         if self._pending <= 0:
             self._all_done.set()
 
-    def _conn_failed(self, conn: SyncConn, exc: Exception) -> None:
+    def _conn_failed(self, conn: Conn, exc: Exception) -> None:
         self.errors.append(str(exc))
         self.reactor.forget(conn)
         conn.close()
@@ -510,7 +428,7 @@ class Engine:
                 pub = heapq.heappop(heap)[2]
                 try:
                     following = pub.fire()
-                except ConnError as exc:
+                except HttpError as exc:
                     self.errors.append(f"POST {pub.state.name}/{pub.seq}: {exc}")
                     pub.finished = True
                     pub.state.done = True

@@ -30,42 +30,34 @@ import trio
 from ..client import Conn, HttpError
 from ..servers import Endpoint
 from ..workers import Control
+from .chunks import STAMP, ChannelState, Pacing
 from .common import C_ERRORS, C_UNITS, Outcome, Plan, describe, percentile
-from .engine import STAMP, ChannelState, Engine
+from .engine import Engine
 from .live import LiveConfig, pace_of
 
 
-@dataclass(frozen=True)
-class JoinConfig:
+@dataclass(frozen=True, kw_only=True)
+class JoinConfig(Pacing):
     """One join configuration."""
 
     background: int = 10
     concurrency: int = 16
-    duration: float = 10.0
     #: Upper bound on joins, whatever the duration.
     max_joins: int = 2000
-    bitrate: float = 2e6
-    segment_s: float = 1.0
-    interval: float = 0.02
 
     @property
     def live(self) -> LiveConfig:
-        return LiveConfig(
-            channels=1,
-            subscribers=self.background,
-            bitrate=self.bitrate,
-            segment_s=self.segment_s,
-            interval=self.interval,
-            duration=self.duration,
-        )
+        """The busy channel, as a live configuration of one channel."""
+        return LiveConfig(channels=1, subscribers=self.background, **self.pacing())
 
     @property
     def label(self) -> str:
         return f"{self.background} bg subs, {self.concurrency} joiners"
 
     def validate(self) -> None:
-        if self.concurrency < 1 or self.background < 0 or self.duration <= 0:
-            raise ValueError("concurrency >= 1, background >= 0, duration > 0")
+        if self.concurrency < 1 or self.background < 0:
+            raise ValueError("concurrency >= 1, background >= 0")
+        self.validate_pacing()
 
 
 def plan(config: JoinConfig, endpoint: Endpoint, workers: int, run_id: str) -> Plan:

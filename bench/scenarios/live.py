@@ -34,20 +34,17 @@ from typing import Any
 
 from ..servers import Endpoint
 from ..workers import Control
+from .chunks import STAMP, ChannelState, Pace, Pacing
 from .common import C_AUX, C_ERRORS, C_UNITS, Outcome, Plan, describe, percentile, split_evenly
-from .engine import STAMP, ChannelState, Engine, Pace
+from .engine import Engine
 
 
-@dataclass(frozen=True)
-class LiveConfig:
+@dataclass(frozen=True, kw_only=True)
+class LiveConfig(Pacing):
     """One live configuration."""
 
     channels: int
     subscribers: int = 1
-    bitrate: float = 2e6
-    segment_s: float = 1.0
-    interval: float = 0.02
-    duration: float = 10.0
     #: After the publishers stop, how long subscribers may take to catch up.
     grace: float = 2.0
     #: Chunks written in the first seconds (every channel starting at once) count for
@@ -74,8 +71,7 @@ class LiveConfig:
     def validate(self) -> None:
         if self.channels < 1 or self.subscribers < 0:
             raise ValueError("channels must be >= 1 and subscribers >= 0")
-        if self.interval <= 0 or self.duration <= 0 or self.segment_s <= 0:
-            raise ValueError("interval, duration and segment length must be > 0")
+        self.validate_pacing()
 
 
 # -- coordinator side ----------------------------------------------------------------------

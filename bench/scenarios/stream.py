@@ -126,7 +126,7 @@ def summarize(config: StreamConfig, results: list[dict[str, Any]]) -> Outcome:
     expected: list[int] = pub["digests"]
     delivered = corrupt = lost = short = 0
     latencies: list[float] = []
-    t_end = pub["t_start"]
+    ends: list[float] = []
     for sub in subs:
         for seq, (digest, size) in enumerate(zip(sub["digests"], sub["sizes"], strict=True)):
             if digest is None:
@@ -140,8 +140,9 @@ def summarize(config: StreamConfig, results: list[dict[str, Any]]) -> Outcome:
         lost += config.segments - len(sub["digests"])
         latencies.extend(sub["latencies_ms"])
         if sub["t_end"] is not None:
-            t_end = max(t_end, sub["t_end"])
-    duration = max(t_end - pub["t_start"], 1e-9)
+            ends.append(sub["t_end"])
+    # No subscriber got to its end: there is no rate to give (not a near-zero duration).
+    duration = max(max(ends) - pub["t_start"], 1e-9) if ends else float("nan")
     latencies.sort()
     metrics = {
         "mb_s": delivered / duration / 1e6,

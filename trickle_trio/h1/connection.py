@@ -70,7 +70,10 @@ class ServerContext:
     _none_left: trio.Event | None = None
 
     async def wait_no_connections(self) -> None:
-        """Wait until no connection is open."""
+        """Wait until no connection is open.
+
+        Cancellation: only the wait ends; the connections are untouched.
+        """
         while self.connections:
             if self._none_left is None:
                 self._none_left = trio.Event()

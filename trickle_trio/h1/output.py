@@ -150,11 +150,14 @@ class Output:
             await self.write(out)
 
     async def send_parts(self, parts: Sequence[bytes], more_body: bool) -> None:
-        """``PARTS_EXTENSION``: :meth:`body` under the extension's signature."""
+        """``PARTS_EXTENSION``: :meth:`body` under the extension's signature.
+
+        Cancellation: as :meth:`write`.
+        """
         await self.body(parts, more=more_body)
 
     async def send_continue(self) -> None:
-        """``100 Continue``, unless the answer has begun."""
+        """``100 Continue``, unless the answer has begun. Cancellation: as :meth:`write`."""
         if not self.started:
             await self.write((CONTINUE,))
 

@@ -42,6 +42,9 @@ class HookFailed(Exception):
 async def run_hook(hook: Hook | None, request: HookRequest, channel: str) -> None:
     """Run ``hook`` if set.
 
+    Cancellation: propagates out of an async hook (the client left); nothing has been
+    created or deleted by the caller yet.
+
     Raises:
         HookFailed: 4xx from a ``RequestError``; 500 for anything else (logged).
     """

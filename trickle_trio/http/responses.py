@@ -35,7 +35,11 @@ async def send_response(
     body: bytes = b"",
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Send a whole response with ``Content-Length``."""
+    """Send a whole response with ``Content-Length``.
+
+    Cancellation: propagates; the response may be cut between its head and its body
+    (callers that must not leave it so shield the call).
+    """
     all_headers: Headers = [*headers, (b"content-length", str(len(body)).encode())]
     start: Any = {"type": "http.response.start", "status": status, "headers": all_headers}
     await send(start)
@@ -51,7 +55,10 @@ async def send_error(
     *,
     counts: Counter[int] | None = None,
 ) -> None:
-    """Send what Go's ``http.Error`` sends; count it in ``counts`` (the metrics) if given."""
+    """Send what Go's ``http.Error`` sends; count it in ``counts`` (the metrics) if given.
+
+    Cancellation: as :func:`send_response` (it is counted either way).
+    """
     if counts is not None:
         counts[status] += 1
     await send_response(
@@ -73,5 +80,8 @@ async def refuse(
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer an error the way Go's ``http.Error`` does, and count it."""
+    """Answer an error the way Go's ``http.Error`` does, and count it.
+
+    Cancellation: as :func:`send_response`.
+    """
     await send_error(send, status, message, headers or (), counts=channel.metrics.responses)

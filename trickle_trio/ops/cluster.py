@@ -218,6 +218,9 @@ async def run_cluster(
     the orderly stop short (it is bounded by ``DRAIN_TIMEOUT`` and ``PROXY_EXIT_TIMEOUT``).
     Returns 0 after a requested stop, 1 when HAProxy died on its own.
 
+    Cancellation: the same orderly stop runs (shielded, bounded by the timeouts above),
+    then the cancellation propagates: no child outlives the call.
+
     Raises:
         ClusterError: HAProxy is missing, rejects the config, or a process failed to start.
     """

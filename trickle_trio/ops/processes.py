@@ -92,7 +92,10 @@ class Child:
                 os.kill(self.popen.pid, signum)
 
     async def wait(self) -> int:
-        """Wait for the process to exit (without blocking trio); its exit status."""
+        """Wait for the process to exit (without blocking trio); its exit status.
+
+        Cancellation: only the wait ends; the process runs on.
+        """
         if self.popen.returncode is None:
             pidfd_open: Callable[[int], int] | None = getattr(os, "pidfd_open", None)
             try:
@@ -120,6 +123,8 @@ class Child:
 async def http_status(host: str, port: int, path: str) -> int:
     """The status code of ``GET path`` on a fresh connection.
 
+    Cancellation: the connection is closed; no status.
+
     Raises:
         OSError: no connection, or it closed before a status line.
     """
@@ -140,7 +145,10 @@ async def http_status(host: str, port: int, path: str) -> int:
 
 
 async def wait_answering(child: Child, host: str, port: int, path: str) -> None:
-    """Poll ``GET path`` until it answers 200; fail if ``child`` exits meanwhile."""
+    """Poll ``GET path`` until it answers 200; fail if ``child`` exits meanwhile.
+
+    Cancellation: polling stops; the child is left running (its owner stops it).
+    """
     while True:
         if not child.running:
             raise ClusterError(
