@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +30,12 @@ from .extras import ServerNotInstalledError, require_server
 from .logs import configure_logging
 from .ops import cluster, cluster_cli
 from .ops.haproxy import ClusterError
+
+if TYPE_CHECKING:
+    from hypercorn.config import Sockets
+
+    from .faults import FaultPlan
+    from .server import RunningServer
 
 logger = logging.getLogger("trickle_trio")
 
@@ -123,6 +130,28 @@ def _add_serve(sub: Any) -> None:
     limits = serve.add_argument_group("limits (each answered with a 4xx and a log line)")
     for name, convert, help_text in _LIMIT_FLAGS:
         limits.add_argument(f"--{name.replace('_', '-')}", type=convert, help=help_text)
+    serve.add_argument(
+        "--url-file",
+        metavar="FILE",
+        help="once answering, write the server's URL to FILE (with --port 0: the port picked)",
+    )
+    faults = serve.add_argument_group("fault injection (test servers: see trickle_trio.faults)")
+    faults.add_argument(
+        "--faults", metavar="PLAN", help="TOML fault plan ([[rule]] tables) to apply"
+    )
+    faults.add_argument(
+        "--faults-control",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the fault control route /_/faults (default off; loopback only "
+        "without --faults-token-file)",
+    )
+    faults.add_argument(
+        "--faults-token-file",
+        metavar="FILE",
+        help="file holding the fault control route's bearer token (default: "
+        "TRICKLE_FAULTS_TOKEN, else loopback only)",
+    )
     auth = serve.add_argument_group("access control (bearer tokens; default: open)")
     for role in ("publish", "subscribe"):
         auth.add_argument(
@@ -178,6 +207,8 @@ _FLAGS = (
     "access_log",
     "log_level",
     "log_format",
+    "faults",
+    "faults_control",
 )
 
 
@@ -185,7 +216,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, dict[str, st
     """Defaults < file < environment < flags; a standalone server autocreates by default."""
     flags = {name: getattr(args, name) for name in _FLAGS}
     flags.update({name: getattr(args, name) for name, _, _ in _LIMIT_FLAGS})
-    for kind in ("publish", "subscribe"):
+    for kind in ("publish", "subscribe", "faults"):
         path = getattr(args, f"{kind}_token_file")
         if path is not None:
             flags[f"{kind}_token"] = _read_token(path)
@@ -206,13 +237,19 @@ def _read_token(path: str) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     require_server("trickle-trio serve")
-    from .server import BindError, bind_sockets, run_server
+    from .faults import FaultPlanError
+    from .server import BindError, bind_sockets, plan_of
 
     settings, sources = settings_from_args(args)
     if args.print_settings:
         print("\n".join(settings.describe(sources)))
         return 0
     configure_logging(settings)
+    try:
+        faults = plan_of(settings)
+    except FaultPlanError as exc:
+        print(f"trickle-trio: {exc}", file=sys.stderr)
+        return 2
     try:
         sockets = bind_sockets(settings)  # before saying "serving"
     except BindError as exc:
@@ -231,8 +268,30 @@ def _serve(args: argparse.Namespace) -> int:
         page,
         " (loopback only: --host 0.0.0.0 serves other machines)" if loopback else "",
     )
-    trio.run(partial(run_server, settings, sockets=sockets))
+    trio.run(partial(_run_serve, settings, sockets, faults, args.url_file))
     return 0
+
+
+async def _run_serve(
+    settings: Settings, sockets: Sockets, faults: FaultPlan | None, url_file: str | None
+) -> None:
+    from .server import run_server
+
+    async with trio.open_nursery() as nursery:
+        server: RunningServer = await nursery.start(
+            partial(run_server, settings, sockets=sockets, faults=faults)
+        )
+        if url_file is not None:
+            _write_url_file(url_file, server.url)
+
+
+def _write_url_file(path: str, url: str) -> None:
+    """Write ``url`` to ``path`` whole or not at all (a reader polling for the file
+    never sees half of it)."""
+    partial_path = f"{path}.{os.getpid()}.tmp"
+    with open(partial_path, "w", encoding="utf-8") as file:
+        file.write(url + "\n")
+    os.replace(partial_path, path)
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -133,6 +133,15 @@ class Settings:
     #: Bearer token for subscribing and /next (None = open). The publish token works too.
     #: Needs ``publish_token``, and a different value (refused at start-up otherwise).
     subscribe_token: str | None = None
+
+    # -- fault injection (test servers only: trickle_trio.faults) ------------------------
+    #: A TOML fault plan (``[[rule]]`` tables) applied to the requests it matches.
+    faults: str | None = None
+    #: Serve the fault control route (``/_/faults``: add, list, clear rules over HTTP).
+    #: Without ``faults_token`` it answers on a loopback bind only.
+    faults_control: bool = False
+    #: Bearer token of the fault control route (None = loopback binds only).
+    faults_token: str | None = None
     #: Hooks, only settable from Python (not from the environment).
     before_create: Hook | None = field(default=None, compare=False, repr=False)
     before_delete: Hook | None = field(default=None, compare=False, repr=False)
@@ -171,7 +180,7 @@ class Settings:
                 raise SettingsError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.preconnect_timeout < 0:
             raise SettingsError(f"preconnect_timeout must be >= 0, not {self.preconnect_timeout}")
-        for name in ("publish_token", "subscribe_token"):
+        for name in ("publish_token", "subscribe_token", "faults_token"):
             token = getattr(self, name)
             if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
                 raise SettingsError(f"{name} must be at least 16 printable characters, no spaces")

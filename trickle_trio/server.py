@@ -28,6 +28,9 @@ from quart_trio import QuartTrio
 
 from . import h1
 from .config import Settings
+from .faults import FaultPlan, load_plan
+from .faults.control import FaultControl, is_loopback
+from .faults.layer import FaultLayer
 from .h1.admission import Admission
 from .http.app import app_state, create_app
 from .http.state import ServerState
@@ -131,6 +134,9 @@ class RunningServer:
         url: the first of them plus the base path, without a trailing slash: the
             prefix of every channel URL (``f"{server.url}/{channel}"``).
         registry: the channels, for in-process inspection or the local API.
+        faults: the fault plan applied to its requests, if it was started with one
+            (``open_server(..., faults=plan)``, ``faults``/``faults_control`` settings);
+            None otherwise, and then no request is ever faulted.
     """
 
     urls: list[str]
@@ -142,6 +148,7 @@ class RunningServer:
     _stopped: trio.Event
     #: The connection caps at accept (trickle-trio's own server), or None (hypercorn).
     admission: Admission | None = None
+    faults: FaultPlan | None = None
 
     async def shutdown(self) -> None:
         """Drain every channel, then stop the HTTP server; returns once it has stopped
@@ -156,12 +163,14 @@ class RunningServer:
 
 @asynccontextmanager
 async def open_server(
-    settings: Settings, *, sockets: Sockets | None = None
+    settings: Settings, *, sockets: Sockets | None = None, faults: FaultPlan | None = None
 ) -> AsyncIterator[RunningServer]:
     """Serve ``settings`` for the duration of the block; drain and stop at its end.
 
     ``sockets`` are listening sockets from :func:`bind_sockets` (default: bound here,
-    first). They are closed when the block ends.
+    first). They are closed when the block ends. ``faults``: a fault plan applied to
+    the server's requests (:mod:`trickle_trio.faults`; default: the ``faults`` file
+    setting's, an empty one with ``faults_control``, else none at all).
 
     Cancellation (of the block or from outside): the HTTP server is cancelled (every
     response under way is cut visibly, by a reset), the channels' nursery is cancelled
@@ -169,18 +178,49 @@ async def open_server(
 
     Raises:
         BindError: the address cannot be bound (raised before anything starts).
+        FaultPlanError: the ``faults`` file can't be read or holds a bad rule.
     """
+    plan = faults if faults is not None else plan_of(settings)
     if sockets is None:
         sockets = bind_sockets(settings)
     try:
-        async with _serving(settings, sockets) as server:
+        async with _serving(settings, sockets, plan) as server:
             yield server
     finally:
         _close(sockets)
 
 
+def plan_of(settings: Settings) -> FaultPlan | None:
+    """The fault plan ``settings`` ask for: the ``faults`` file's rules, an empty plan
+    for ``faults_control``, or None (no fault layer at all).
+
+    Raises:
+        FaultPlanError: the file can't be read or holds a bad rule.
+    """
+    if settings.faults is not None:
+        return load_plan(settings.faults)
+    return FaultPlan() if settings.faults_control else None
+
+
+def with_faults(app: Any, plan: FaultPlan, settings: Settings) -> FaultLayer:
+    """``app`` (from :func:`create_app`) behind the fault layer applying ``plan``, with
+    the control route when ``settings.faults_control`` is on."""
+    state = app_state(app)
+    control = FaultControl(plan, settings, state.base_path) if settings.faults_control else None
+    if control is not None and settings.faults_token is None and not is_loopback(settings.host):
+        logger.warning(
+            "fault control route refused host=%s: a non-loopback bind needs faults_token",
+            settings.host,
+        )
+    if not settings.fast_path:
+        logger.warning("faults: stock hypercorn (fast_path off) can't cut; cut and drop fail")
+    return FaultLayer(app, plan, state, control=control)
+
+
 @asynccontextmanager
-async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[RunningServer]:
+async def _serving(
+    settings: Settings, sockets: Sockets, plan: FaultPlan | None
+) -> AsyncIterator[RunningServer]:
     async with trio.open_nursery() as channel_nursery:
         registry = ChannelRegistry.from_settings(channel_nursery, settings)
         await channel_nursery.start(
@@ -192,6 +232,7 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
         )
         app = create_app(settings, registry)
         state = app_state(app)
+        asgi: Any = app if plan is None else with_faults(app, plan, settings)
         config = hypercorn_config(settings)
         stop = trio.Event()
 
@@ -207,7 +248,7 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
                 registry.add_gauges(admission.gauges)
                 serving: Any = partial(
                     h1.serve,
-                    app,
+                    asgi,
                     [*sockets.insecure_sockets, *sockets.secure_sockets],
                     shutdown_trigger=drain_then_stop,
                     keep_alive_timeout=settings.keep_alive_timeout,
@@ -219,7 +260,7 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
             else:
                 serving = partial(
                     worker_serve,  # hypercorn.trio.serve, with the sockets bound already
-                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                    wrap_app(asgi, config.wsgi_max_body_size, "asgi"),
                     config,
                     sockets=sockets,
                     shutdown_trigger=drain_then_stop,
@@ -230,7 +271,9 @@ async def _serving(settings: Settings, sockets: Sockets) -> AsyncIterator[Runnin
             else:
                 logger.info("fast path off: stock hypercorn on %s", " ".join(urls))
             url = urls[0] + state.base_path.rstrip("/")
-            server = RunningServer(urls, url, registry, app, state, stop, stopped, admission)
+            server = RunningServer(
+                urls, url, registry, app, state, stop, stopped, admission, faults=plan
+            )
             try:
                 yield server
             finally:
@@ -262,18 +305,19 @@ async def run_server(
     settings: Settings,
     *,
     sockets: Sockets | None = None,
+    faults: FaultPlan | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = wait_for_signal,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (default: SIGINT/SIGTERM), then drain.
 
     ``task_status.started`` receives the :class:`RunningServer`. ``shutdown_trigger=None``
-    serves until cancelled. ``sockets``: as for :func:`open_server`.
+    serves until cancelled. ``sockets``, ``faults``: as for :func:`open_server`.
 
     Raises:
         BindError: the address cannot be bound.
     """
-    async with open_server(settings, sockets=sockets) as server:
+    async with open_server(settings, sockets=sockets, faults=faults) as server:
         if settings.gc_tuning:
             tune_gc()
         task_status.started(server)

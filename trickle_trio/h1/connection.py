@@ -18,8 +18,10 @@ Imports: trio, the stdlib, ``.parser``, ``.output``, ``.reactor`` and the extens
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import trio
 from ..http.extensions import (
     ABORT_EXTENSION,
     BODY_EXTENSION,
+    CUT_EXTENSION,
     DISCONNECT_EXTENSION,
     PARTS_EXTENSION,
     PUSH_EXTENSION,
@@ -213,7 +216,10 @@ class Connection:
 
     def _scope(self, head: RequestHead) -> dict[str, Any]:
         raw_path, _, query = head.target.partition(b"?")
-        extensions: dict[str, Any] = {ABORT_EXTENSION: {"abort": self.abort}}
+        extensions: dict[str, Any] = {
+            ABORT_EXTENSION: {"abort": self.abort},
+            CUT_EXTENSION: {"cut": self.cut},
+        }
         if head.has_body:
             extensions[BODY_EXTENSION] = {"take_body": self._take_body}
         else:
@@ -455,6 +461,22 @@ class Connection:
         fails at once, and the client sees an error, never a clean end of a cut response."""
         self._stop_reading()
         self._out.abort(self._sock if self._sock is not None else _tls_socket(self.stream))
+
+    def cut(self, reset: bool) -> None:  # sync on purpose
+        """``CUT_EXTENSION`` (fault injection): :meth:`abort` (RST), or end the
+        connection now with a FIN after what was written (the kernel resets instead if
+        bytes of the client's are still unread, or when it sends more)."""
+        if reset:
+            self.abort()
+            return
+        self._stop_reading()
+        self._out.broken = True  # never reused; run() finds the socket closed already
+        sock = self._sock if self._sock is not None else _tls_socket(self.stream)
+        if sock is None or sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()  # trio wakes every task waiting on it (ClosedResourceError)
 
 
 def _addresses(sock: Any) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:

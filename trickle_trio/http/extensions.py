@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 __all__ = [
     "ABORT_EXTENSION",
     "BODY_EXTENSION",
+    "CUT_EXTENSION",
     "DISCONNECT_EXTENSION",
     "PARTS_EXTENSION",
     "PUSH_EXTENSION",
     "Abort",
+    "Cut",
     "Flush",
     "SendParts",
     "TakeBody",
@@ -52,6 +54,12 @@ PUSH_EXTENSION = "trickle.push_parts"
 #: end. It cuts a reader whose socket takes nothing more (a shielded write waits forever).
 ABORT_EXTENSION = "trickle.abort"
 
+#: Of every request: ``{"cut": f}``; ``f(reset)`` ends the connection now, without
+#: finishing the response (fault injection, :mod:`trickle_trio.faults`): with a reset
+#: (RST, unsent bytes dropped) when ``reset`` is true, else with a FIN after what was
+#: written. Later sends go nowhere and ``receive()`` says ``http.disconnect``.
+CUT_EXTENSION = "trickle.cut"
+
 #: ``take_body(sink) -> bool`` (:data:`BODY_EXTENSION`).
 TakeBody = Callable[[Callable[[bytes], None]], bool]
 #: ``await send_parts(parts, more_body)`` (:data:`PARTS_EXTENSION`).
@@ -60,5 +68,7 @@ SendParts = Callable[[Sequence[bytes], bool], Awaitable[None]]
 TryPush = Callable[[Sequence[bytes]], int]
 #: ``abort()`` (:data:`ABORT_EXTENSION`).
 Abort = Callable[[], None]
+#: ``cut(reset)`` (:data:`CUT_EXTENSION`).
+Cut = Callable[[bool], None]
 #: ``await flush()`` (:data:`PUSH_EXTENSION`).
 Flush = Callable[[], Awaitable[None]]

@@ -14,9 +14,15 @@ Fixtures:
 - ``trickle_registry``: a :class:`~trickle_trio.ChannelRegistry` in the test's nursery.
 - ``trickle_app``: the ASGI app serving ``trickle_registry``, in-process (drive it with
   :func:`open_exchange`; works under ``autojump_clock``).
-- ``trickle_server``: a real hypercorn server on 127.0.0.1 and an ephemeral port, a
-  :class:`~trickle_trio.server.RunningServer` (``.url``, ``.registry``); drained and
-  stopped after the test.
+- ``trickle_server``: a real server on 127.0.0.1 and an ephemeral port, a
+  :class:`~trickle_trio.server.RunningServer` (``.url``, ``.registry``, ``.faults``: an
+  empty :class:`~trickle_trio.faults.FaultPlan`, ``trickle_server.faults.add(...)``);
+  drained and stopped after the test.
+- ``trickle_faults``: a fresh fault plan for in-process exchanges
+  (``open_exchange(trickle_app, ..., faults=trickle_faults)``).
+- ``trickle_server_process`` (sync: any test, Trio, asyncio, anyio or none): a real
+  server in a child process (:mod:`trickle_trio.testing.process`): ``.url`` and
+  ``.faults``, a client of its fault control route.
 - ``trickle_channel_url``, ``trickle_publisher``, ``trickle_subscriber``,
   ``trickle_clients``: a connected client publisher/subscriber pair on a fresh channel
   of ``trickle_server`` (see :mod:`trickle_trio.testing.clients`).
@@ -40,6 +46,7 @@ import trio
 
 from ..config import Settings
 from ..extras import ServerNotInstalledError, require_server
+from ..faults.plan import FaultPlan
 from .asgi import Exchange, Response, open_exchange
 from .clients import (
     ClientPair,
@@ -47,6 +54,12 @@ from .clients import (
     trickle_clients,
     trickle_publisher,
     trickle_subscriber,
+)
+from .process import (
+    ServerProcess,
+    pytest_configure,
+    pytest_runtest_makereport,
+    trickle_server_process,
 )
 
 if TYPE_CHECKING:
@@ -57,14 +70,19 @@ __all__ = [
     "ClientPair",
     "Exchange",
     "Response",
+    "ServerProcess",
     "open_exchange",
     "open_server",
+    "pytest_configure",
+    "pytest_runtest_makereport",
     "trickle_app",
     "trickle_channel_url",
     "trickle_clients",
+    "trickle_faults",
     "trickle_publisher",
     "trickle_registry",
     "trickle_server",
+    "trickle_server_process",
     "trickle_settings",
     "trickle_subscriber",
 ]
@@ -144,11 +162,18 @@ def trickle_app(trickle_registry: ChannelRegistry, trickle_settings: Settings) -
 
 @pytest.fixture
 async def trickle_server(trickle_settings: Settings) -> AsyncIterator[RunningServer]:
-    """A real server on an ephemeral loopback port, drained and stopped after the test."""
+    """A real server on an ephemeral loopback port, drained and stopped after the test;
+    ``trickle_server.faults`` is its (empty) fault plan."""
     from ..server import open_server
 
-    async with open_server(trickle_settings) as server:
+    async with open_server(trickle_settings, faults=FaultPlan()) as server:
         yield server
+
+
+@pytest.fixture
+def trickle_faults() -> FaultPlan:
+    """An empty fault plan, for ``open_exchange(..., faults=trickle_faults)``."""
+    return FaultPlan()
 
 
 def __getattr__(name: str) -> Any:

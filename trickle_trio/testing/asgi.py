@@ -5,6 +5,12 @@ request body chunk by chunk, leave it idle, disconnect, and read each response m
 as the app sends it, all in one trio nursery (so ``autojump_clock`` works). Every
 response message can also be recorded in a shared ``log`` to assert the order in which
 several requests were answered.
+
+With ``faults=plan`` (a :class:`trickle_trio.faults.FaultPlan`), the request passes the
+fault layer first, as on a server started with that plan. The exchange offers the
+server's ``trickle.cut`` extension: a cut (or drop) ends the response where it stands
+(reading on raises ``EOFError``) and is kept in :attr:`Exchange.cut` (``"rst"`` or
+``"fin"``).
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from ..faults.plan import FaultPlan
 
 __all__ = ["Exchange", "Response", "open_exchange"]
 
@@ -48,6 +57,8 @@ class Exchange:
         shield_sends: bool = False,
     ) -> None:
         self.app = app
+        #: How the connection was cut by a fault (``"rst"``, ``"fin"``), or None.
+        self.cut: str | None = None
         self._shield_sends = shield_sends
         self.label = label or f"{method} {path}"
         self._log = log
@@ -65,7 +76,7 @@ class Exchange:
             "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 80),
-            "extensions": {},
+            "extensions": {"trickle.cut": {"cut": self._cut}},
         }
         self._request_send, self._request_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._response_send, self._response_recv = trio.open_memory_channel[dict[str, Any]](
@@ -94,6 +105,11 @@ class Exchange:
                 await self._response_send.send(message)
         else:
             await self._response_send.send(message)
+
+    def _cut(self, reset: bool) -> None:
+        """The ``trickle.cut`` extension: the client sees the response end here, cut."""
+        self.cut = "rst" if reset else "fin"
+        self._response_send.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -183,6 +199,7 @@ async def open_exchange(
     log: list[tuple[str, str]] | None = None,
     response_buffer: float = math.inf,
     shield_sends: bool = False,
+    faults: FaultPlan | None = None,
 ) -> AsyncIterator[Exchange]:
     """Start a request against ``app``; the app runs until the block ends.
 
@@ -190,8 +207,14 @@ async def open_exchange(
     ``body=b"..."`` sends it whole. GETs and DELETEs get an empty body at once. On exit
     the client disconnects and the app task is waited for. ``response_buffer=0`` with
     ``shield_sends=True`` is a client that stopped reading, as hypercorn shows it to the
-    app (a send that blocks and can't be cancelled).
+    app (a send that blocks and can't be cancelled). ``faults``: a fault plan applied to
+    the request (``app`` must be one that :func:`~trickle_trio.http.app.create_app` made).
     """
+    if faults is not None:
+        from ..faults.layer import FaultLayer
+        from ..http.app import app_state
+
+        app = FaultLayer(app, faults, app_state(app))
     exchange = Exchange(
         app,
         method,
