@@ -49,6 +49,7 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 
 
+@pytest.mark.fast_path  # cuts need trickle-trio's own server
 async def test_a_response_cut_by_fin_ends_after_n_bytes_without_the_last_chunk(
     trickle_server: RunningServer,
 ) -> None:
@@ -64,6 +65,7 @@ async def test_a_response_cut_by_fin_ends_after_n_bytes_without_the_last_chunk(
     assert body == b"64\r\n" + b"x" * 100 + b"\r\n"  # one chunk of 100 bytes, no last chunk
 
 
+@pytest.mark.fast_path  # cuts need trickle-trio's own server
 async def test_a_response_cut_by_rst_resets_the_connection(trickle_server: RunningServer) -> None:
     assert trickle_server.faults is not None
     with trio.fail_after(TIMEOUT):
@@ -75,6 +77,7 @@ async def test_a_response_cut_by_rst_resets_the_connection(trickle_server: Runni
         assert (await call(trickle_server.url, "GET", "/cam/0")).body == b"x" * 1000
 
 
+@pytest.mark.fast_path  # cuts need trickle-trio's own server
 @pytest.mark.parametrize("how", ["rst", "fin"])
 async def test_a_drop_closes_before_any_answer(trickle_server: RunningServer, how: str) -> None:
     assert trickle_server.faults is not None
@@ -84,6 +87,7 @@ async def test_a_drop_closes_before_any_answer(trickle_server: RunningServer, ho
     assert (data, end) == (b"", how)
 
 
+@pytest.mark.fast_path  # cuts need trickle-trio's own server
 async def test_a_request_cut_by_rst_leaves_the_publisher_without_an_answer(
     trickle_server: RunningServer,
 ) -> None:

@@ -213,7 +213,8 @@ def with_faults(app: Any, plan: FaultPlan, settings: Settings) -> FaultLayer:
             settings.host,
         )
     if not settings.fast_path:
-        logger.warning("faults: stock hypercorn (fast_path off) can't cut; cut and drop fail")
+        # Said once here; a cut or drop that fires on stock hypercorn is logged as a warning.
+        logger.info("faults: stock hypercorn (fast_path off) can't cut; cut and drop fail")
     return FaultLayer(app, plan, state, control=control)
 
 
