@@ -17,7 +17,8 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelClosedError, ChannelNotFoundError, HTTPError
 from ._util import answer_error
-from .cli import CommandError, StdIO, add_command, seq_arg
+from .cli_common import CommandError, StdIO, add_command, seq_arg
+from .cli_subscribe import output
 from .transport import Transport
 
 __all__ = ["COMMANDS", "add_parsers", "render"]
@@ -70,7 +71,6 @@ def add_parsers(sub: Any) -> dict[str, argparse.ArgumentParser]:
 
 
 async def _output(out: IO[bytes], data: bytes) -> None:
-    from .cli_subscribe import output
 
     await output(out, data)
 

@@ -31,7 +31,7 @@ import trio
 from ..core import wire
 from ..core.errors import ChannelClosedError
 from ._util import answer_error
-from .cli import (
+from .cli_common import (
     ServerGone,
     StdIO,
     add_command,

@@ -24,7 +24,7 @@ import trio
 
 from ..core import wire
 from ..core.errors import ChannelNotFoundError
-from .cli import (
+from .cli_common import (
     ServerGone,
     StdIO,
     add_command,

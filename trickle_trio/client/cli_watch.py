@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import trio
 
 from ._util import answer_error
-from .cli import EXIT_OK, StdIO, add_command
+from .cli_common import EXIT_OK, StdIO, add_command
 from .transport import Transport
 
 __all__ = ["COMMANDS", "add_parsers", "live_url", "page_url", "player_argv"]
