@@ -32,12 +32,24 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Any, Final
 
 from ..core.routing import Kind, Route
+from .actions import (
+    ACTIONS,
+    Action,
+    Answer,
+    Cut,
+    Delay,
+    Drop,
+    FaultPlanError,
+    Stall,
+    Throttle,
+    action_name,
+    action_to_dict,
+)
 
 __all__ = [
     "ROUTE_KINDS",
@@ -66,10 +78,6 @@ ROUTE_KINDS: Final = ("create", "delete", "segment-post", "segment-get", "next")
 MAX_FIRED: Final = 10_000
 
 
-class FaultPlanError(ValueError):
-    """A rule that can't mean anything: the message says why, in one line."""
-
-
 def route_kind(method: str, route: Route) -> str | None:
     """The name (:data:`ROUTE_KINDS`) of the route ``route`` of a ``method`` request,
     or None for every other route."""
@@ -84,151 +92,6 @@ def route_kind(method: str, route: Route) -> str | None:
         if method == "DELETE":
             return "delete"
     return None
-
-
-# -- actions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delay:
-    """Hold the response back for ``seconds``: its head (``where="head"``: nothing
-    reaches the client), or its first body byte (``where="first-byte"``: the head is
-    sent at once)."""
-
-    seconds: float
-    where: Literal["head", "first-byte"] = "head"
-
-    def __post_init__(self) -> None:
-        _check_duration("delay", self.seconds)
-        _check_choice("delay", "where", self.where, ("head", "first-byte"))
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Cut the connection once ``after`` bytes of the request body have been read
-    (``of="request"``) or of the response body written (``of="response"``): with a
-    reset (``how="rst"``) or a plain close, FIN (``how="fin"``). The response never
-    ends cleanly."""
-
-    after: int = 0
-    of: Literal["request", "response"] = "response"
-    how: Literal["rst", "fin"] = "rst"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.after, int) or isinstance(self.after, bool) or self.after < 0:
-            raise FaultPlanError(f"cut: after must be a byte count >= 0, not {self.after!r}")
-        _check_choice("cut", "of", self.of, ("request", "response"))
-        _check_choice("cut", "how", self.how, ("rst", "fin"))
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Answer ``status`` instead of serving the request (which never reaches the
-    server), with trickle headers: ``latest`` (``Lp-Trickle-Latest``; for a 470
-    without it, the channel's own), ``closed`` (``Lp-Trickle-Closed: terminated``),
-    any other ``headers``, and ``body`` (plain text)."""
-
-    status: int
-    latest: int | None = None
-    closed: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: str = ""
-
-    def __post_init__(self) -> None:
-        status = self.status
-        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
-            raise FaultPlanError(f"answer: status must be 200..599, not {status!r}")
-        if self.latest is not None and (
-            not isinstance(self.latest, int) or isinstance(self.latest, bool)
-        ):
-            raise FaultPlanError(f"answer: latest must be an integer, not {self.latest!r}")
-        if not isinstance(self.headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and _header_safe(k) and _header_safe(v)
-            for k, v in self.headers.items()
-        ):
-            raise FaultPlanError("answer: headers must map names to values (plain strings)")
-        if not isinstance(self.body, str):
-            raise FaultPlanError("answer: body must be a string")
-
-
-@dataclass(frozen=True)
-class Stall:
-    """Stop reading the request body for ``seconds``, once ``after`` bytes of it have
-    been read: the client's sends back up (backpressure)."""
-
-    seconds: float
-    after: int = 0
-
-    def __post_init__(self) -> None:
-        _check_duration("stall", self.seconds)
-        if not isinstance(self.after, int) or isinstance(self.after, bool) or self.after < 0:
-            raise FaultPlanError(f"stall: after must be a byte count >= 0, not {self.after!r}")
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """Write the response body at ``rate`` bytes per second at most."""
-
-    rate: float
-
-    def __post_init__(self) -> None:
-        if (
-            not isinstance(self.rate, int | float)
-            or isinstance(self.rate, bool)
-            or not math.isfinite(self.rate)
-            or self.rate <= 0
-        ):
-            raise FaultPlanError(f"throttle: rate must be > 0 bytes/s, not {self.rate!r}")
-
-
-@dataclass(frozen=True)
-class Drop:
-    """Drop the connection before answering: reset (``how="rst"``) or FIN."""
-
-    how: Literal["rst", "fin"] = "rst"
-
-    def __post_init__(self) -> None:
-        _check_choice("drop", "how", self.how, ("rst", "fin"))
-
-
-Action = Delay | Cut | Answer | Stall | Throttle | Drop
-
-_ACTIONS: Final[dict[str, type[Action]]] = {
-    "delay": Delay,
-    "cut": Cut,
-    "answer": Answer,
-    "stall": Stall,
-    "throttle": Throttle,
-    "drop": Drop,
-}
-_ACTION_NAMES: Final = {cls: name for name, cls in _ACTIONS.items()}
-
-
-def action_to_dict(action: Action) -> dict[str, Any]:
-    """``{"action": name, **fields}``: an action's part of a rule's plain-data form."""
-    data: dict[str, Any] = {"action": _ACTION_NAMES[type(action)]}
-    for key, value in vars(action).items():
-        data[key] = dict(value) if isinstance(value, Mapping) else value
-    return data
-
-
-def _check_duration(action: str, seconds: Any) -> None:
-    if (
-        not isinstance(seconds, int | float)
-        or isinstance(seconds, bool)
-        or not math.isfinite(seconds)
-        or seconds < 0
-    ):
-        raise FaultPlanError(f"{action}: seconds must be >= 0, not {seconds!r}")
-
-
-def _check_choice(action: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise FaultPlanError(f"{action}: {name} must be one of {', '.join(choices)}, not {value!r}")
-
-
-def _header_safe(text: str) -> bool:
-    return bool(text) and text.isprintable() and "\r" not in text and "\n" not in text
 
 
 # -- matching -----------------------------------------------------------------------------
@@ -444,7 +307,7 @@ class FaultPlan:
                 Fired(
                     rule=rule.id,
                     name=rule.name,
-                    action=_ACTION_NAMES[type(rule.action)],
+                    action=action_name(rule.action),
                     method=method,
                     path=route.path,
                     channel=route.channel,
@@ -486,13 +349,13 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
     if not isinstance(data, Mapping):
         raise FaultPlanError(f"a rule is a table of keys, not {type(data).__name__}")
     action_name = data.get("action")
-    if action_name not in _ACTIONS:
+    if action_name not in ACTIONS:
         raise FaultPlanError(
-            f"action must be one of {', '.join(_ACTIONS)}, not {action_name!r}"
+            f"action must be one of {', '.join(ACTIONS)}, not {action_name!r}"
             if action_name is not None
-            else f"a rule needs an action: one of {', '.join(_ACTIONS)}"
+            else f"a rule needs an action: one of {', '.join(ACTIONS)}"
         )
-    action_cls = _ACTIONS[action_name]
+    action_cls = ACTIONS[action_name]
     action_keys = frozenset(action_cls.__dataclass_fields__)
     known = _MATCH_KEYS | _RULE_KEYS | action_keys | {"id", "matched", "fired"}
     unknown = sorted(str(key) for key in data if key not in known)
