@@ -46,11 +46,10 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 
 from ..channels import Channel
 from ..core import wire
-from ..core.errors import ChannelClosedError, LimitExceededError
 from ..segment import Segment
 from .extensions import Abort
-from .responses import Headers, header, refuse
-from .subscribe import answer_missing, cutter
+from .responses import Headers, header
+from .subscribe import answer_missing, cutter, subscriber_lease
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +184,8 @@ async def serve_live(
     Cancellation: by the channel (the lease's scope) or by the client leaving: the
     response is left unfinished, so the connection closes with no terminating chunk.
     """
-    try:
-        lease = channel.subscribers.lease()
-    except LimitExceededError as exc:
-        await refuse(send, channel, exc.status, exc.message)
-        return
-    except ChannelClosedError:
-        # Deleted since it was looked up: as for a channel that never existed.
-        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND)
+    lease = await subscriber_lease(send, channel)
+    if lease is None:
         return
     with lease as scope:
         found = channel.segment_for_read(options.start)

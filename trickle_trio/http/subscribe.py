@@ -12,6 +12,7 @@ Imports: trio, ``core``, ``channels`` and the sibling helpers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -71,14 +72,8 @@ async def serve_subscriber(
     its lease cancelled and, where the server offers ``abort`` (``ABORT_EXTENSION``), its
     connection reset, which also ends a write its client no longer takes.
     """
-    try:
-        lease = channel.subscribers.lease()
-    except LimitExceededError as exc:
-        await refuse(send, channel, exc.status, exc.message)
-        return
-    except ChannelClosedError:
-        # Deleted since it was looked up: answered as for a channel that never existed.
-        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND)
+    lease = await subscriber_lease(send, channel)
+    if lease is None:
         return
     arrived = trio.current_time()
     with lease as scope:
@@ -102,6 +97,24 @@ async def serve_subscriber(
                 nursery.cancel_scope.cancel()
         finally:
             channel.done_reading(segment, reader)
+
+
+async def subscriber_lease(
+    send: ASGISendCallable, channel: Channel
+) -> AbstractContextManager[trio.CancelScope] | None:
+    """A subscriber's lease on ``channel``; or None, and the GET answered: 429 past
+    ``max_subscribers_per_channel``, 404 for a channel deleted since it was looked up
+    (as for one that never existed).
+
+    Cancellation: as :func:`send_response` (no lease is taken).
+    """
+    try:
+        return channel.subscribers.lease()
+    except LimitExceededError as exc:
+        await refuse(send, channel, exc.status, exc.message)
+    except ChannelClosedError:
+        await refuse(send, channel, 404, wire.STREAM_NOT_FOUND)
+    return None
 
 
 def cutter(scope: trio.CancelScope, abort: Abort | None) -> Callable[[], None]:
